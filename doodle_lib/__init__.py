@@ -1,0 +1,1 @@
+"""The doodle platform's shared package: drawings, data, the CNN, training and the MLflow registry."""
