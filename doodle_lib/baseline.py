@@ -1,0 +1,101 @@
+"""The first dataset version and base models: prepare the split, train, register, promote, evaluate."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from doodle_lib import dataset, versioning
+from doodle_lib.settings import Settings
+
+log = logging.getLogger(__name__)
+DATASET_FOLDER = "dataset"  # the DVC-tracked folder inside the data dir
+
+
+@dataclass
+class TrainedVersion:
+    """A registered model version and how it did on the evaluation set."""
+
+    version: str
+    run_id: str
+    accuracy: float
+    promoted: bool
+
+
+def prepare(
+    settings: Settings,
+    source_dir: Path | None = None,
+    categories: list[str] | None = None,
+    max_per_category: int | None = None,
+    force: bool = False,
+) -> str:
+    """Write the base training data and the fixed evaluation set, version them with DVC; returns the hash."""
+    source = source_dir or settings.sample_dir
+    chosen = categories or dataset.categories_in(source)
+    if not chosen:
+        raise FileNotFoundError(f"no numpy_bitmap/*.npy files in {source}")
+    if settings.evaluation_path.exists() and not force:
+        log.info("the evaluation set exists (%s); keeping it and the base data", settings.evaluation_path)
+    else:
+        train, held = dataset.build_base(
+            source, settings.dataset_dir, settings.evaluation_path, chosen, settings.eval_per_category, max_per_category
+        )
+        log.info("base data: %d training and %d evaluation drawings of %s", len(train), len(held), ", ".join(chosen))
+    versioning.ensure_project(settings.data_dir, settings.dvc_remote_dir)
+    version = versioning.commit(settings.data_dir, DATASET_FOLDER)
+    log.info("dataset version %s", version)
+    return version
+
+
+def current_dataset_version(settings: Settings) -> str:
+    """The DVC hash of the dataset as last versioned, or a clear error when nothing is prepared."""
+    pointer = settings.data_dir / f"{DATASET_FOLDER}.dvc"
+    if not pointer.exists():
+        raise FileNotFoundError(f"no dataset version in {settings.data_dir}: run `doodle data prepare` first")
+    return versioning.dataset_hash(pointer)
+
+
+def train_base(settings: Settings, config, promote: bool = False, run_name: str = "base") -> TrainedVersion:
+    """Train from scratch on the versioned dataset, log and register the model; optionally promote it."""
+    import mlflow
+
+    from doodle_lib import tracking, training
+
+    dataset_version = current_dataset_version(settings)
+    train_split = dataset.load_training_data(settings.dataset_dir)
+    eval_split = dataset.read_split(settings.evaluation_path)
+    categories = sorted(np.unique(train_split.y).tolist())
+    with tracking.training_run(settings, run_name, {"dataset_version": dataset_version, "kind": "scratch"}) as run_id:
+        mlflow.log_params(config.params())
+        mlflow.log_params({"dataset_version": dataset_version, "train_size": len(train_split)})
+        model, _ = training.train(train_split, categories, config, on_epoch=tracking.log_epoch)
+        evaluation = training.evaluate(model, eval_split)
+        tracking.log_evaluation(evaluation, eval_split)
+        model_uri = tracking.log_model(model)
+    reason = "promoted by the operator (doodle train --promote)" if promote else "not promoted: trained without --promote"
+    version = tracking.register(
+        settings,
+        model_uri,
+        run_id,
+        tracking.version_tags(dataset_version, evaluation, {"promotion": reason}),
+        description=f"{run_name}: from scratch on dataset {dataset_version}, eval accuracy {evaluation.accuracy:.2%}",
+    )
+    if promote:
+        tracking.set_production(settings, version.version)
+    log.info("registered version %s (eval accuracy %.2f%%); %s", version.version, 100 * evaluation.accuracy, reason)
+    return TrainedVersion(version.version, run_id, evaluation.accuracy, promote)
+
+
+def evaluate_version(settings: Settings, version: str | None = None):
+    """Evaluate a registered version (default: production) on the fixed evaluation set."""
+    from doodle_lib import tracking, training
+
+    if version is None:
+        production = tracking.production_version(settings)
+        if production is None:
+            raise LookupError(f"no version of {settings.model_name} is marked {settings.production_alias!r} yet")
+        version = production.version
+    model = tracking.load_version(settings, version)
+    return version, training.evaluate(model, dataset.read_split(settings.evaluation_path))

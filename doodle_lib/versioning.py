@@ -1,0 +1,60 @@
+"""DVC: the data folder is a DVC project (no git) whose local remote holds every dataset version."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+REMOTE_NAME = "storage"
+
+
+class VersioningError(RuntimeError):
+    """A DVC command failed; the message carries DVC's own explanation."""
+
+
+def dvc(project: Path, *args: str) -> str:
+    """Run one DVC command in `project` and return its output, raising VersioningError on failure."""
+    command = [sys.executable, "-m", "dvc", *args]
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise VersioningError(f"dvc {' '.join(args)} failed in {project}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def ensure_project(project: Path, remote: Path) -> None:
+    """Make `project` a DVC project with `remote` as its default remote (idempotent)."""
+    project.mkdir(parents=True, exist_ok=True)
+    remote.mkdir(parents=True, exist_ok=True)
+    if not (project / ".dvc").is_dir():
+        dvc(project, "init", "--no-scm", "--quiet")
+        dvc(project, "config", "core.analytics", "false")
+    dvc(project, "remote", "add", "--default", "--force", REMOTE_NAME, str(remote))
+
+
+def commit(project: Path, folder: str) -> str:
+    """Version `folder` (relative to the project), push it to the remote and return its hash."""
+    dvc(project, "add", "--quiet", folder)
+    dvc(project, "push", "--quiet", f"{folder}.dvc")
+    return dataset_hash(project / f"{folder}.dvc")
+
+
+def dataset_hash(dvc_file: Path) -> str:
+    """The content hash DVC recorded for the one output of a .dvc file."""
+    outs = yaml.safe_load(dvc_file.read_text())["outs"]
+    return outs[0]["md5"]
+
+
+def checkout(project: Path, version: str, destination: str) -> Path:
+    """Restore the dataset with hash `version` from the remote into `destination` (relative to the project)."""
+    target = project / destination
+    if target.exists():
+        raise VersioningError(f"{target} already exists: choose another destination or remove it")
+    pointer = project / f"{destination}.dvc"
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(yaml.safe_dump({"outs": [{"md5": version, "path": Path(destination).name, "hash": "md5"}]}))
+    dvc(project, "pull", "--quiet", str(pointer.relative_to(project)))
+    return target
