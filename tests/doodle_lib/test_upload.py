@@ -1,0 +1,66 @@
+"""Uploaded images: any size and polarity back to the renderer's 28x28 bitmap; bad files rejected."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from doodle_lib.drawing import DrawingError, render, validate_strokes
+from doodle_lib.upload import MAX_BYTES, image_to_bitmap
+from tests.conftest import fixture_drawings
+
+RENDERED = [render(validate_strokes(strokes)) for _, _, strokes in fixture_drawings()[::5]]
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_a_rendered_bitmap_round_trips():
+    differences = [np.abs(image_to_bitmap(encode(bitmap)).astype(int) - bitmap).mean() for bitmap in RENDERED]
+    assert np.median(differences) == 0
+    assert np.mean(differences) < 3
+
+
+@pytest.mark.parametrize("scale,invert,fmt", [(10, True, "PNG"), (10, False, "JPEG"), (7, True, "JPEG"), (3, False, "PNG")])
+def test_large_and_inverted_uploads_come_back_close(scale, invert, fmt):
+    for bitmap in RENDERED:
+        big = Image.fromarray(255 - bitmap if invert else bitmap).resize((28 * scale, 28 * scale), Image.BILINEAR)
+        restored = image_to_bitmap(encode(np.asarray(big), fmt)).astype(int)
+        # Upscaling blurs the edges: allow shifts of grey, but the strokes must land where they were.
+        assert np.abs(restored - bitmap).mean() < 25
+        assert np.corrcoef(restored.ravel(), bitmap.ravel())[0, 1] > 0.6
+
+
+def test_transparent_png_with_dark_ink():
+    bitmap = RENDERED[0]
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = bitmap  # black ink whose opacity is the stroke
+    restored = image_to_bitmap(encode(rgba, mode="RGBA")).astype(int)
+    assert np.abs(restored - bitmap).mean() < 3
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"", "empty"),
+        (b"definitely not an image", "not a readable"),
+        (encode(np.zeros((28, 28), np.uint8))[:40], "not a readable"),
+        (encode(np.zeros((28, 28), np.uint8)), "blank"),
+        (encode(np.full((28, 28), 255, np.uint8)), "blank"),
+        (encode(np.zeros((28, 28), np.uint8), "GIF"), "unsupported image format"),
+        (b"\0" * (MAX_BYTES + 1), "too large"),
+    ],
+)
+def test_bad_uploads_get_a_clear_error(data, message):
+    with pytest.raises(DrawingError, match=message):
+        image_to_bitmap(data)
+
+
+def test_a_huge_image_is_refused_before_decoding():
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buffer, format="PNG")  # compresses to a few KB
+    with pytest.raises(DrawingError, match="too large"):
+        image_to_bitmap(buffer.getvalue())
