@@ -14,7 +14,7 @@ class DoodleCNN(nn.Module):
 
     def __init__(self, categories: list[str], width: int = 16, hidden: int = 128):
         super().__init__()
-        self.categories = list(categories)
+        self.categories = [str(name) for name in categories]  # plain str: checkpoints load weights-only
         self.width = width
         self.hidden = hidden
 
@@ -42,7 +42,7 @@ class DoodleCNN(nn.Module):
         with torch.no_grad():
             self.head.weight[: old.out_features] = old.weight
             self.head.bias[: old.out_features] = old.bias
-        self.categories += list(names)
+        self.categories += [str(name) for name in names]
 
 
 @torch.inference_mode()

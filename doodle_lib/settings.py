@@ -33,6 +33,23 @@ class Settings(BaseSettings):
     feedback_threshold: int = Field(50, description="complete drawings that start a retraining run")
     promotion_tolerance: float = Field(0.5, description="evaluation-set accuracy points a candidate may lose")
     model_poll_seconds: float = Field(5.0, description="how often the web app asks the registry for the alias")
+    # Retraining pipeline (dags/retrain.py, dags/retrain_from_scratch.py)
+    feedback_poll_seconds: float = Field(1.0, description="how often the feedback sensor's trigger counts the folder")
+    feedback_wait_minutes: float = Field(30.0, description="how long a retraining run waits for feedback before it skips")
+    fine_tune_epochs: int = Field(6, description="epochs of a fine-tuning run unless the run's params say otherwise")
+    retrain_epochs: int = Field(15, description="epochs of a from-scratch retraining run unless the run's params say otherwise")
+    retry_delay_seconds: float = Field(30.0, description="delay before Airflow retries a failed retraining stage")
+    mlflow_ui_url: str = Field("", description="MLflow address for links in the Airflow UI; empty means tracking_uri")
+    webapp_bind: str = Field("127.0.0.1:8000", description="host:port the web app's gunicorn listens on")
+    webapp_workers: int = Field(2, description="gunicorn worker processes of the web app (one model copy each)")
+    webapp_threads: int = Field(4, description="request threads per web app worker")
+    webhook_secret: str = Field("", description="HMAC secret of the MLflow registry webhook; empty turns the receiver off")
+    top_k: int = Field(3, description="how many labels /api/predict returns by default")
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "DOODLE_PROMETHEUS_MULTIPROC_DIR"),
+        description="prometheus_client's multiprocess folder; set by webapp/gunicorn.conf.py, unset in one process",
+    )
 
     @property
     def mlflow_uri(self) -> str:
@@ -63,8 +80,28 @@ class Settings(BaseSettings):
         return self.data_dir / "quickdraw"
 
     @property
+    def webapp_state_dir(self) -> Path:
+        """Where the web app's workers share small state (the registry-changed signal)."""
+        return self.storage_dir / "webapp"
+
+    @property
     def dvc_remote_dir(self) -> Path:
         return self.storage_dir / "dvc-remote"
+
+    @property
+    def batches_dir(self) -> Path:
+        """Feedback a retraining run has taken, one folder per run, until its dataset version is stored."""
+        return self.data_dir / "batches"
+
+    @property
+    def rejected_dir(self) -> Path:
+        """Copies of drawings ingest could not use, one folder per batch, with the reason."""
+        return self.data_dir / "rejected"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Per-run working files of the retraining pipeline (candidate checkpoints)."""
+        return self.storage_dir / "runs"
 
 
 def get_settings() -> Settings:

@@ -171,11 +171,18 @@ def set_production(settings: Settings, version: str | int) -> None:
         )
 
 
-def production_version(settings: Settings) -> "ModelVersion | None":
+def registry_client(settings: Settings) -> "MlflowClient":
+    """A client for registry reads only: unlike client(), it creates and selects no experiment."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def production_version(settings: Settings, tracking: "MlflowClient | None" = None) -> "ModelVersion | None":
     """The version the production alias points at, or None when there is none yet."""
     from mlflow.exceptions import MlflowException
 
-    tracking = client(settings)
+    tracking = tracking or client(settings)
     try:
         return tracking.get_model_version_by_alias(settings.model_name, settings.production_alias)
     except MlflowException as error:

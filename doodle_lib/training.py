@@ -135,6 +135,8 @@ def fit(
 ) -> list[EpochStats]:
     """Train `model` in place for config.epochs; `sample` may draw a fresh epoch set (replay mixes)."""
     generator = seed_everything(config.seed, config.threads)
+    if config.epochs == 0:
+        return []
     steps_per_epoch = -(-len(sample(torch.Generator().manual_seed(0)) if sample else split) // config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -199,15 +201,13 @@ def evaluate(model: DoodleCNN, split: Split, batch_size: int = 1024) -> Evaluati
     predicted = logits.argmax(1)
     confusion = torch.zeros(len(categories), len(categories), dtype=torch.int64)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    totals = confusion.sum(1)
-    per_class = {
-        name: float(confusion[i, i] / totals[i]) for i, name in enumerate(categories) if totals[i] > 0
-    }
+    counts = confusion.tolist()
+    per_class = {name: counts[i][i] / sum(counts[i]) for i, name in enumerate(categories) if sum(counts[i]) > 0}
     return Evaluation(
-        accuracy=float((predicted == labels).float().mean()),
+        accuracy=int((predicted == labels).sum()) / len(labels),
         loss=float(F.cross_entropy(logits, labels)),
         per_class=per_class,
-        confusion=confusion.tolist(),
+        confusion=counts,
         categories=list(categories),
         count=len(labels),
         predictions=predicted.tolist(),

@@ -58,3 +58,20 @@ def checkout(project: Path, version: str, destination: str) -> Path:
     pointer.write_text(yaml.safe_dump({"outs": [{"md5": version, "path": Path(destination).name, "hash": "md5"}]}))
     dvc(project, "pull", "--quiet", str(pointer.relative_to(project)))
     return target
+
+
+def stored_files(remote: Path, version: str) -> dict[str, str]:
+    """Files (relative path -> md5) of a dataset version, after checking the remote holds each one's content."""
+    import json
+
+    def obj(md5: str) -> Path:
+        return remote / "files" / "md5" / md5[:2] / md5[2:]
+
+    listing = obj(version)
+    if not listing.is_file():
+        raise VersioningError(f"the remote {remote} does not hold dataset version {version}")
+    files = {entry["relpath"]: entry["md5"] for entry in json.loads(listing.read_text())}
+    missing = sorted(path for path, md5 in files.items() if not obj(md5).is_file())
+    if missing:
+        raise VersioningError(f"dataset version {version} is incomplete in {remote}: {missing[:5]} missing")
+    return files

@@ -72,3 +72,37 @@ def mlflow_server(root: Path, port: int | None = None, backend_uri: str | None =
         yield url
     finally:
         stop(process)
+
+
+class MlflowServer:
+    """An `mlflow server` that a test can stop and start again on the same port and the same store."""
+
+    def __init__(self, root: Path, port: int | None = None, env: dict[str, str] | None = None):
+        self.root, self.port = root, port or free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> str:
+        """Start the server (SQLite backend and artifacts under root) and wait until it is healthy."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = self.root / "mlflow-server.log"
+        command = [
+            str(VENV_BIN / "mlflow"), "server",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--workers", "1",
+        ]
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
+        wait_for_http(f"{self.url}/health", timeout, self.process, log)
+        return self.url
+
+    def stop(self) -> None:
+        """Stop the server; its port refuses connections until start() is called again."""
+        if self.process is not None:
+            stop(self.process)
+            self.process = None

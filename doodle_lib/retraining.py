@@ -1,0 +1,461 @@
+"""The retraining pipeline's stages, one function each: Airflow tasks call them, tests call them directly.
+
+snapshot -> ingest -> version_dataset -> train_candidate -> evaluate_candidate -> register_candidate
+-> promote_candidate -> cleanup. Every stage works from paths derived from the run's batch name and
+returns a small JSON-able dict, so a retried stage redoes the same work and XCom carries little.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from doodle_lib import atomic, dataset, feedback, versioning
+from doodle_lib.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DATASET_FOLDER = "dataset"  # the DVC-tracked folder inside the data dir
+MANIFEST = "manifest.json"  # inside a batch folder: the drawings the run took
+CANDIDATE = "candidate.pt"  # inside runs/<batch>/: the trained candidate's checkpoint
+STATS_PREFIX = "doodle.retrain"
+
+
+# --- snapshot ---------------------------------------------------------------------------------
+
+
+def batch_name(run_id: str) -> str:
+    """The batch folder name of an Airflow run: the run id with every unsafe character as '_'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id).lstrip(".")[:100]
+    return feedback.check_folder_name(name)
+
+
+def waiting(settings: Settings) -> list[str]:
+    """Keys (`category/id`) of every complete drawing waiting in the feedback folder, oldest first."""
+    return [ref.key for ref in feedback.complete(settings.feedback_dir)]
+
+
+def snapshot(settings: Settings, run_id: str, keys: list[str]) -> dict:
+    """Move exactly the counted drawings into the run's batch folder; a retry finishes the same move."""
+    batch = batch_name(run_id)
+    folder = settings.batches_dir / batch
+    refs = [feedback.DrawingRef.parse(key) for key in keys]
+    feedback.move(refs, settings.feedback_dir, folder)
+    atomic.write_bytes(folder / MANIFEST, json.dumps({"run_id": run_id, "keys": [r.key for r in refs]}).encode())
+    log.info("snapshot: %d drawings moved to %s", len(refs), folder)
+    emit_stats(gauges={"snapshot_drawings": len(refs)})
+    return {"batch": batch, "count": len(refs)}
+
+
+def batch_keys(settings: Settings, batch: str) -> list[str]:
+    """The drawings a batch holds, as its snapshot recorded them."""
+    return json.loads((settings.batches_dir / batch / MANIFEST).read_text())["keys"]
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+def feedback_file(settings: Settings, batch: str) -> Path:
+    """Where a batch lives in the training data once ingested."""
+    return settings.dataset_dir / dataset.FEEDBACK_FOLDER / f"{batch}.npz"
+
+
+def checked_drawing(folder: Path, ref: feedback.DrawingRef) -> np.ndarray:
+    """The 28x28 bitmap of a stored drawing after validation; re-rendered from its strokes if the PNG is bad."""
+    from doodle_lib import drawing
+
+    record = json.loads((folder / ref.category / f"{ref.id}.json").read_text())
+    if record.get("label", ref.category) != ref.category:
+        raise ValueError(f"label {record.get('label')!r} does not match its folder {ref.category!r}")
+    feedback.check_folder_name(ref.category)
+    strokes = record.get("strokes")
+    try:
+        bitmap, _ = feedback.read(folder, ref)
+    except (OSError, ValueError) as problem:  # PIL raises both for unreadable images
+        if strokes is None:
+            raise ValueError(f"unreadable PNG and no strokes: {problem}") from None
+        bitmap = drawing.strokes_to_bitmap(strokes, raw=not record.get("simplified", False))
+    if strokes is not None:
+        drawing.validate_strokes(strokes)
+    if bitmap.shape != (28, 28) or bitmap.dtype != np.uint8:
+        raise ValueError(f"bitmap is {bitmap.shape} {bitmap.dtype}, not (28, 28) uint8")
+    if not bitmap.any():
+        raise ValueError("blank bitmap")
+    return bitmap
+
+
+def ingest(settings: Settings, batch: str) -> dict:
+    """Validate the batch's drawings and merge them into the training data; bad ones are copied aside."""
+    folder = settings.batches_dir / batch
+    images, labels, keys, rejected = [], [], [], []
+    for key in batch_keys(settings, batch):
+        ref = feedback.DrawingRef.parse(key)
+        try:
+            images.append(checked_drawing(folder, ref))
+        except (OSError, ValueError) as problem:
+            reject(settings, batch, folder, ref, str(problem))
+            rejected.append(key)
+            continue
+        labels.append(ref.category)
+        keys.append(key)
+    target = feedback_file(settings, batch)
+    if images:
+        atomic.write_npz(target, x=np.stack(images), y=np.array(labels), keys=np.array(keys))
+    log.info("ingest: %d drawings into %s, %d rejected %s", len(images), target, len(rejected), rejected)
+    return {"batch": batch, "ingested": len(images), "rejected": rejected}
+
+
+def reject(settings: Settings, batch: str, folder: Path, ref: feedback.DrawingRef, reason: str) -> None:
+    """Copy a drawing ingest cannot use to rejected/<batch>/ with the reason beside it (never delete it)."""
+    log.warning("rejected %s: %s", ref.key, reason)
+    target = settings.rejected_dir / batch / ref.category
+    target.mkdir(parents=True, exist_ok=True)
+    for suffix in (".png", ".json"):
+        source = folder / ref.category / f"{ref.id}{suffix}"
+        if source.exists():
+            shutil.copy2(source, target / source.name)
+    atomic.write_bytes(target / f"{ref.id}.reason.txt", reason.encode())
+
+
+def read_batch(settings: Settings, batch: str) -> dataset.Split:
+    """The ingested drawings of a batch (empty when none were usable)."""
+    path = feedback_file(settings, batch)
+    if not path.exists():
+        return dataset.Split(np.zeros((0, 28, 28), np.uint8), np.array([], dtype=str))
+    return dataset.read_split(path)
+
+
+# --- version ----------------------------------------------------------------------------------
+
+
+def version_dataset(settings: Settings) -> dict:
+    """Version the dataset folder with DVC and push it to the remote; returns the hash."""
+    versioning.ensure_project(settings.data_dir, settings.dvc_remote_dir)
+    version = versioning.commit(settings.data_dir, DATASET_FOLDER)
+    log.info("dataset version %s pushed to %s", version, settings.dvc_remote_dir)
+    return {"dataset_version": version}
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    """What a run's params may change (the Airflow Params form)."""
+
+    epochs: int | None = None
+    learning_rate: float | None = None
+    from_scratch: bool = False
+
+    @classmethod
+    def of(cls, params: dict | None) -> "RunOptions":
+        params = params or {}
+        return cls(params.get("epochs"), params.get("learning_rate"), bool(params.get("from_scratch", False)))
+
+
+def training_parts(settings: Settings, batch: str) -> tuple[dataset.Split, dataset.Split]:
+    """(old, new): every training drawing except this batch's, and this batch's."""
+    everything = dataset.load_training_data(settings.dataset_dir)
+    new = read_batch(settings, batch)
+    if len(new) == 0:
+        return everything, new
+    # The batch file is the last of the sorted feedback files only by accident: remove it by its keys.
+    base = dataset.read_split(settings.dataset_dir / dataset.BASE_FILE)
+    others = [
+        dataset.read_split(p)
+        for p in sorted((settings.dataset_dir / dataset.FEEDBACK_FOLDER).glob("*.npz"))
+        if p.stem != batch
+    ]
+    old = dataset.Split(np.concatenate([base.x, *[o.x for o in others]]), np.concatenate([base.y, *[o.y for o in others]]))
+    return old, new
+
+
+def mlflow_url(settings: Settings, path: str) -> str:
+    """A browser link into the MLflow UI ('' when MLflow is a local file store)."""
+    base = (settings.mlflow_ui_url or settings.tracking_uri).rstrip("/")
+    return f"{base}/#/{path}" if base.startswith("http") else ""
+
+
+def train_candidate(settings: Settings, run_id: str, batch: str, dataset_version: str, params: dict | None = None) -> dict:
+    """Fine-tune production on old data plus the batch (or train from scratch); log the MLflow run."""
+    import mlflow
+
+    from doodle_lib import model as doodle_model
+    from doodle_lib import tracking, training
+
+    options = RunOptions.of(params)
+    old, new = training_parts(settings, batch)
+    production = None if options.from_scratch or len(new) == 0 else tracking.load_production(settings)
+    kind = "fine-tune" if production else "scratch"
+    epochs = options.epochs or (settings.fine_tune_epochs if production else settings.retrain_epochs)
+    config = training.TrainConfig(epochs=epochs, threads=settings.torch_threads)
+    if options.learning_rate:
+        config.learning_rate = options.learning_rate
+    tags = {"airflow_run_id": run_id, "batch": batch, "kind": kind, "dataset_version": dataset_version}
+    end_abandoned_runs(settings, run_id)
+    started = time.monotonic()
+    with tracking.training_run(settings, f"retrain {batch}", tags) as mlflow_run_id:
+        mlflow.log_params(config.params())
+        mlflow.log_params({"dataset_version": dataset_version, "feedback_count": len(new), "old_count": len(old)})
+        if production:
+            candidate, version = production
+            mlflow.set_tag("base_version", version.version)
+            training.fine_tune(candidate, new, old, config, on_epoch=tracking.log_epoch)
+        else:
+            everything = dataset.Split(np.concatenate([old.x, new.x]), np.concatenate([old.y, new.y]))
+            categories = sorted(np.unique(everything.y).tolist())
+            candidate, _ = training.train(everything, categories, config, on_epoch=tracking.log_epoch)
+        seconds = time.monotonic() - started
+        mlflow.log_metric("train_seconds", seconds)
+        model_uri = tracking.log_model(candidate)
+        experiment_id = mlflow.active_run().info.experiment_id
+    checkpoint = settings.runs_dir / batch / CANDIDATE
+    atomic.write_bytes(checkpoint, doodle_model.checkpoint_bytes(candidate))
+    log.info("%s candidate trained in %.1fs on %d old + %d new drawings: run %s", kind, seconds, len(old), len(new), mlflow_run_id)
+    return {
+        "mlflow_run_id": mlflow_run_id,
+        "model_uri": model_uri,
+        "kind": kind,
+        "epochs": epochs,
+        "train_seconds": round(seconds, 3),
+        "checkpoint": str(checkpoint),
+        "mlflow_url": mlflow_url(settings, f"experiments/{experiment_id}/runs/{mlflow_run_id}"),
+    }
+
+
+def end_abandoned_runs(settings: Settings, run_id: str) -> None:
+    """Mark MLflow runs a killed try of this Airflow run left RUNNING as KILLED."""
+    from doodle_lib import tracking
+
+    client = tracking.client(settings)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    for run in client.search_runs(
+        [experiment.experiment_id], f"tags.airflow_run_id = '{run_id}' and attributes.status = 'RUNNING'"
+    ):
+        log.warning("ending MLflow run %s left running by an earlier try", run.info.run_id)
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+def score(model, split: dataset.Split) -> dict | None:
+    """Accuracy and mean cross-entropy of `model` on `split`; drawings of categories it lacks count as wrong."""
+    from doodle_lib import training
+
+    if len(split) == 0:
+        return None
+    known = np.isin(split.y, model.categories)
+    if not known.all():
+        part = training.evaluate(model, dataset.Split(split.x[known], split.y[known])) if known.any() else None
+        correct = part.accuracy * part.count if part else 0
+        return {"accuracy": correct / len(split), "loss": None, "count": len(split)}
+    result = training.evaluate(model, split)
+    return {"accuracy": result.accuracy, "loss": result.loss, "count": result.count}
+
+
+def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
+    """Candidate and current production on the fixed evaluation set and on the batch; logged to the run."""
+    import mlflow
+
+    from doodle_lib import tracking, training
+    from doodle_lib.model import load_checkpoint
+
+    candidate = load_checkpoint(Path(trained["checkpoint"]))
+    evaluation_set = dataset.read_split(settings.evaluation_path)
+    new = read_batch(settings, batch)
+    production = tracking.load_production(settings)
+    full = training.evaluate(candidate, evaluation_set)
+    figures = {
+        "candidate": {"eval": score(candidate, evaluation_set), "feedback": score(candidate, new)},
+        "production": None,
+        "production_version": None,
+        "feedback_count": len(new),
+    }
+    if production:
+        model, version = production
+        figures["production"] = {"eval": score(model, evaluation_set), "feedback": score(model, new)}
+        figures["production_version"] = version.version
+    tracking.client(settings)
+    with mlflow.start_run(run_id=trained["mlflow_run_id"]):
+        tracking.log_evaluation(full, evaluation_set)
+        mlflow.log_metrics(flat_metrics(figures))
+    log.info("evaluation: %s", json.dumps(figures))
+    return figures
+
+
+def flat_metrics(figures: dict) -> dict[str, float]:
+    """The evaluation figures as MLflow metric names: candidate_eval_accuracy, production_feedback_loss, ..."""
+    metrics = {"feedback_count": float(figures["feedback_count"])}
+    for who in ("candidate", "production"):
+        for where, result in (figures.get(who) or {}).items():
+            for name in ("accuracy", "loss"):
+                if result and result[name] is not None:
+                    metrics[f"{who}_{where}_{name}"] = float(result[name])
+    return metrics
+
+
+# --- the promotion gate -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def decide(figures: dict, tolerance_points: float) -> Decision:
+    """The gate: not worse on the evaluation set (within tolerance) and better on the new feedback."""
+    candidate, production = figures["candidate"], figures["production"]
+    c_eval = candidate["eval"]
+    if production is None:
+        return Decision(True, f"no production model yet: the candidate (eval {_pct(c_eval['accuracy'])}) beats nothing")
+    p_eval = production["eval"]
+    floor = p_eval["accuracy"] - tolerance_points / 100
+    eval_ok = c_eval["accuracy"] >= floor - 1e-12
+    numbers = (
+        f"eval candidate {_pct(c_eval['accuracy'])} vs production {_pct(p_eval['accuracy'])} "
+        f"(floor {_pct(floor)}, tolerance {tolerance_points:g} points)"
+    )
+    c_new, p_new = candidate["feedback"], production["feedback"]
+    if c_new is None:  # nothing new (a scheduled retrain with an empty batch): the evaluation set decides
+        better = (c_eval["accuracy"], -(c_eval["loss"] or np.inf)) > (p_eval["accuracy"], -(p_eval["loss"] or np.inf))
+        what = "better on the evaluation set (no new feedback)"
+    else:
+        numbers += (
+            f"; feedback candidate {_pct(c_new['accuracy'])} loss {_loss(c_new['loss'])} "
+            f"vs production {_pct(p_new['accuracy'])} loss {_loss(p_new['loss'])} on {c_new['count']} drawings"
+        )
+        c_loss = np.inf if c_new["loss"] is None else c_new["loss"]
+        p_loss = np.inf if p_new["loss"] is None else p_new["loss"]
+        better = c_new["accuracy"] > p_new["accuracy"] or (c_new["accuracy"] == p_new["accuracy"] and c_loss < p_loss)
+        what = "better on the new feedback"
+    if not eval_ok:
+        return Decision(False, f"not promoted: worse on the evaluation set beyond the tolerance; {numbers}")
+    if not better:
+        return Decision(False, f"not promoted: not {what}; {numbers}")
+    return Decision(True, f"promoted: not worse on the evaluation set and {what}; {numbers}")
+
+
+# --- register and promote ---------------------------------------------------------------------
+
+
+def register_candidate(settings: Settings, run_id: str, trained: dict, dataset_version: str, figures: dict) -> dict:
+    """Register the candidate as a new model version, once per Airflow run (a retry finds the first)."""
+    from doodle_lib import tracking
+
+    client = tracking.client(settings)
+    existing = client.search_model_versions(f"name = '{settings.model_name}' and tags.airflow_run_id = '{run_id}'")
+    if existing:
+        version = max(existing, key=lambda v: int(v.version))
+        log.info("version %s was already registered for run %s", version.version, run_id)
+    else:
+        c_eval, c_new = figures["candidate"]["eval"], figures["candidate"]["feedback"]
+        checkpoint_categories = _categories(trained["checkpoint"])
+        tags = {
+            "dataset_version": dataset_version,
+            "eval_accuracy": f"{c_eval['accuracy']:.6f}",
+            "eval_loss": f"{c_eval['loss']:.6f}",
+            "feedback_accuracy": "" if c_new is None else f"{c_new['accuracy']:.6f}",
+            "feedback_count": str(figures["feedback_count"]),
+            "categories": json.dumps(checkpoint_categories),
+            "airflow_run_id": run_id,
+            "kind": trained["kind"],
+            "promotion": "pending: the promotion gate has not run yet",
+        }
+        description = (
+            f"{trained['kind']} by Airflow run {run_id} on dataset {dataset_version}: "
+            f"eval accuracy {_pct(c_eval['accuracy'])}. MLflow run: {trained['mlflow_url'] or trained['mlflow_run_id']}"
+        )
+        version = tracking.register(settings, trained["model_uri"], trained["mlflow_run_id"], tags, description)
+        log.info("registered %s version %s", settings.model_name, version.version)
+    return {"version": str(version.version), "mlflow_url": mlflow_url(settings, f"models/{settings.model_name}/versions/{version.version}")}
+
+
+def _categories(checkpoint: str) -> list[str]:
+    from doodle_lib.model import load_checkpoint
+
+    return load_checkpoint(Path(checkpoint)).categories
+
+
+def promote_candidate(
+    settings: Settings, registered: dict, figures: dict, tolerance_points: float, trained: dict | None = None
+) -> dict:
+    """Apply the gate; record the reason with both models' numbers on the version; move the alias if it passed."""
+    import mlflow
+
+    from doodle_lib import tracking
+
+    version = registered["version"]
+    decision = decide(figures, tolerance_points)
+    client = tracking.client(settings)
+    client.set_model_version_tag(settings.model_name, version, "promotion", decision.reason)
+    client.set_model_version_tag(settings.model_name, version, "promoted", str(decision.promote).lower())
+    client.set_model_version_tag(settings.model_name, version, "gate_figures", json.dumps(figures))
+    current = client.get_model_version(settings.model_name, version)
+    description = (current.description or "").split("\nGate: ")[0]
+    client.update_model_version(settings.model_name, version, description=f"{description}\nGate: {decision.reason}")
+    if decision.promote:
+        tracking.set_production(settings, version)
+    log.info("version %s: %s", version, decision.reason)
+    if trained:
+        with mlflow.start_run(run_id=trained["mlflow_run_id"]):
+            mlflow.log_metric("promoted", float(decision.promote))
+            mlflow.set_tags({"promotion": decision.reason[:5000], "model_version": version})
+    emit_stats(
+        gauges={
+            "candidate_eval_accuracy": 100 * figures["candidate"]["eval"]["accuracy"],
+            "production_eval_accuracy": 100 * (figures["production"] or {"eval": {"accuracy": 0}})["eval"]["accuracy"],
+            "feedback_consumed": figures["feedback_count"],
+            "promoted": int(decision.promote),
+        },
+        counters={"promotions" if decision.promote else "rejections": 1},
+    )
+    return {"version": version, "promoted": decision.promote, "reason": decision.reason}
+
+
+# --- clean up ---------------------------------------------------------------------------------
+
+
+def cleanup(settings: Settings, batch: str, dataset_version: str) -> dict:
+    """Delete the batch folder, only once the remote holds a dataset version with the batch's file in it."""
+    stored = versioning.stored_files(settings.dvc_remote_dir, dataset_version)
+    target = feedback_file(settings, batch)
+    relative = target.relative_to(settings.dataset_dir).as_posix()
+    if target.exists() and relative not in stored:
+        raise versioning.VersioningError(f"dataset version {dataset_version} does not hold {relative}: keeping {batch}")
+    folder = settings.batches_dir / batch
+    removed = folder.exists()
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(settings.runs_dir / batch, ignore_errors=True)
+    log.info("cleanup: batch %s %s; dataset version %s holds %d files", batch, "removed" if removed else "already gone", dataset_version, len(stored))
+    return {"batch": batch, "removed": removed}
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def emit_stats(gauges: dict[str, float] | None = None, counters: dict[str, int] | None = None) -> None:
+    """Send the pipeline's figures through Airflow's statsd client when running inside Airflow (else nothing)."""
+    try:
+        from airflow.sdk.observability import stats
+    except ImportError:  # doodle_lib without Airflow (web app, tests)
+        return
+    for name, value in (gauges or {}).items():
+        stats.gauge(f"{STATS_PREFIX}.{name}", value)
+    for name, count in (counters or {}).items():
+        stats.incr(f"{STATS_PREFIX}.{name}", count)

@@ -1,0 +1,66 @@
+"""Training, fine-tuning and evaluation on small slices of the real sample."""
+import numpy as np
+import torch
+
+from doodle_lib.dataset import Split
+from doodle_lib.model import checkpoint_bytes, load_checkpoint, predict_proba
+from doodle_lib.training import TrainConfig, evaluate, fine_tune, shift_batch, train
+
+QUICK = TrainConfig(epochs=3, seed=3)
+
+
+def test_same_seed_same_model(small_split):
+    train_split, eval_split = small_split
+    first, history_1 = train(train_split, sorted(set(train_split.y)), QUICK)
+    second, history_2 = train(train_split, sorted(set(train_split.y)), QUICK)
+    assert [h.loss for h in history_1] == [h.loss for h in history_2]
+    assert evaluate(first, eval_split).summary() == evaluate(second, eval_split).summary()
+    other, _ = train(train_split, sorted(set(train_split.y)), TrainConfig(epochs=2, seed=4))
+    assert evaluate(other, eval_split).loss != evaluate(first, eval_split).loss
+
+
+def test_evaluation_figures_agree(small_split):
+    train_split, eval_split = small_split
+    model, _ = train(train_split, sorted(set(train_split.y)), QUICK)
+    result = evaluate(model, eval_split)
+    confusion = np.array(result.confusion)
+    assert confusion.sum() == len(eval_split) == result.count
+    assert np.trace(confusion) / confusion.sum() == result.accuracy
+    for i, name in enumerate(result.categories):
+        assert result.per_class[name] == confusion[i, i] / confusion[i].sum()
+    assert result.accuracy > 0.5  # three epochs on 1,200 drawings already learn something
+
+
+def test_checkpoint_round_trip(small_split, tmp_path):
+    train_split, eval_split = small_split
+    model, _ = train(train_split, sorted(set(train_split.y)), QUICK)
+    path = tmp_path / "model.pt"
+    path.write_bytes(checkpoint_bytes(model))
+    restored = load_checkpoint(path)
+    assert restored.categories == model.categories
+    np.testing.assert_array_equal(predict_proba(restored, eval_split.x[:50]), predict_proba(model, eval_split.x[:50]))
+
+
+def test_fine_tune_adds_a_category_and_keeps_old_weights(small_split):
+    train_split, eval_split = small_split
+    old_names = ["apple", "bicycle", "cat", "diamond", "eye"]
+    old_mask = train_split.y != "fish"
+    model, _ = train(Split(train_split.x[old_mask], train_split.y[old_mask]), old_names, QUICK)
+    before = model.head.weight.detach().clone()
+    fish = train_split.y == "fish"
+    new = Split(train_split.x[fish][:50], train_split.y[fish][:50])
+    history = fine_tune(model, new, Split(train_split.x[old_mask], train_split.y[old_mask]), TrainConfig(epochs=0))
+    assert history == [] and model.categories == old_names + ["fish"]
+    torch.testing.assert_close(model.head.weight[:5], before)
+    fine_tune(model, new, Split(train_split.x[old_mask], train_split.y[old_mask]), TrainConfig(epochs=3, seed=1))
+    fish_eval = Split(eval_split.x[eval_split.y == "fish"], eval_split.y[eval_split.y == "fish"])
+    assert evaluate(model, fish_eval).accuracy > 0.5
+
+
+def test_shift_moves_pixels_without_wrapping():
+    image = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    image[0, 0, 0] = 255
+    generator = torch.Generator().manual_seed(0)
+    shifted = [shift_batch(image, 2, generator) for _ in range(50)]
+    assert all(s.sum() in (0, 255) for s in shifted)  # an edge pixel either moves inside or falls off
+    assert any(s[0, 2, 2] == 255 for s in shifted)
