@@ -64,8 +64,10 @@ def mlflow_server(root: Path, port: int | None = None, backend_uri: str | None =
         "--artifacts-destination", str(root / "artifacts"),
         "--workers", "1",
     ]
+    # The job runner (several huey consumers) serves MLflow's GenAI jobs, which the platform does not use.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", 90, process, log)

@@ -1,0 +1,31 @@
+# The two commands a user needs: `make up` runs the platform, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install lock test test-fast clean-venv
+
+install: $(STAMP) ## create the virtual environment from the lock file (skipped when up to date)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing locked dependencies into $(VENV) (first time: a few minutes)"
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q torch==2.13.0
+	@$(BIN)/pip install -q -r requirements/lock.txt
+	@$(BIN)/pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+lock: ## re-resolve requirements/*.in into requirements/lock.txt
+	bash scripts/lock.sh
+
+test: install ## every test: unit, integration (real MLflow, Airflow, gunicorn), browser
+	$(BIN)/python -m pytest
+
+test-fast: install ## the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)
