@@ -195,6 +195,8 @@ def train_candidate(settings: Settings, run_id: str, batch: str, dataset_version
     kind = "fine-tune" if production else "scratch"
     epochs = options.epochs or (settings.fine_tune_epochs if production else settings.retrain_epochs)
     config = training.TrainConfig(epochs=epochs, threads=settings.torch_threads)
+    if production:
+        config.learning_rate = settings.fine_tune_learning_rate
     if options.learning_rate:
         config.learning_rate = options.learning_rate
     tags = {"airflow_run_id": run_id, "batch": batch, "kind": kind, "dataset_version": dataset_version}

@@ -1,0 +1,78 @@
+"""FeedbackSensor: wait, deferred (no worker slot), until enough complete drawings wait in the feedback folder."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from doodle_lib import feedback
+from doodle_lib.settings import get_settings
+
+
+class FeedbackTrigger(BaseTrigger):
+    """Counts complete drawings every `poll_seconds` in the triggerer; fires with their keys, or at the deadline."""
+
+    def __init__(self, folder: str, threshold: int, poll_seconds: float, deadline: float):
+        super().__init__()
+        self.folder, self.threshold, self.poll_seconds, self.deadline = folder, threshold, poll_seconds, deadline
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        # The deadline is absolute, so a trigger restarted by another triggerer keeps the run's timeout.
+        kwargs = {"folder": self.folder, "threshold": self.threshold, "poll_seconds": self.poll_seconds, "deadline": self.deadline}
+        return "feedback_sensor.FeedbackTrigger", kwargs
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            refs = await asyncio.to_thread(feedback.complete, Path(self.folder))
+            if len(refs) >= self.threshold:
+                yield TriggerEvent({"status": "ready", "keys": [ref.key for ref in refs]})
+                return
+            if time.time() >= self.deadline:
+                yield TriggerEvent({"status": "timeout", "count": len(refs)})
+                return
+            await asyncio.sleep(self.poll_seconds)
+
+
+class FeedbackSensor(BaseSensorOperator):
+    """Returns the keys of the complete drawings once at least `threshold` wait; skips after `wait_minutes`."""
+
+    template_fields = ("threshold", "wait_minutes")
+    ui_color = "#f4d35e"
+
+    def __init__(self, *, threshold: int | str, wait_minutes: float | str, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold, self.wait_minutes = threshold, wait_minutes
+
+    def poke(self, context) -> PokeReturnValue:
+        keys = [ref.key for ref in feedback.complete(get_settings().feedback_dir)]
+        return PokeReturnValue(is_done=len(keys) >= int(self.threshold), xcom_value=keys)
+
+    def execute(self, context) -> list[str]:
+        settings, wait = get_settings(), float(self.wait_minutes)
+        now = self.poke(context)
+        if now.is_done:
+            return self._counted(now.xcom_value)
+        if wait <= 0:
+            raise AirflowSkipException(f"only {len(now.xcom_value)} of {self.threshold} drawings wait")
+        trigger = FeedbackTrigger(
+            str(settings.feedback_dir), int(self.threshold), settings.feedback_poll_seconds, time.time() + 60 * wait
+        )
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(minutes=wait + 5))
+
+    def execute_complete(self, context, event: dict) -> list[str]:
+        if event["status"] != "ready":
+            raise AirflowSkipException(
+                f"only {event['count']} of {self.threshold} drawings after {self.wait_minutes} minutes: nothing to do"
+            )
+        return self._counted(event["keys"])
+
+    def _counted(self, keys: list[str]) -> list[str]:
+        self.log.info("%d complete drawings (threshold %s): %s ... %s", len(keys), self.threshold, keys[:1], keys[-1:])
+        return keys
