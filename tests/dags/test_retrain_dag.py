@@ -1,0 +1,99 @@
+"""Real runs of the retraining DAG with dag.test(): a real MLflow server, a real DVC remote, small data."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from doodle_lib import feedback, lineage, tracking, versioning
+from tests.dags import world
+from tests.dags.conftest import run_dag
+
+pytestmark = pytest.mark.slow
+STAGES = ["snapshot", "ingest", "version", "train", "evaluate", "register", "promote", "cleanup"]
+
+
+def versions(settings) -> dict[str, dict]:
+    found = tracking.client(settings).search_model_versions(f"name = '{settings.model_name}'")
+    return {v.version: v.tags for v in found}
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_enough_good_feedback_is_promoted_and_its_dataset_checks_out(dagbag, retrain_world):
+    settings = retrain_world
+    before = tracking.production_version(settings).version
+    keys = world.save_feedback(settings, 50)
+
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=50)
+
+    assert states == {"wait_for_feedback": "success", **{stage: "success" for stage in STAGES}}
+    production = tracking.production_version(settings)
+    assert production.version != before
+    tags = production.tags
+    assert tags["promoted"] == "true" and tags["promotion"].startswith("promoted:"), tags["promotion"]
+    assert tags["airflow_run_id"] == run.run_id and tags["kind"] == "fine-tune"
+    assert tags["dataset_version"] == versioning.dataset_hash(settings.data_dir / "dataset.dvc")
+    assert "production" in tags["promotion"] and "candidate" in tags["promotion"]
+    # Every drawing is in exactly one dataset batch, none waits, the batch folder is gone.
+    assert sorted(world.dataset_keys(settings)) == sorted(keys)
+    assert feedback.count(settings.feedback_dir) == 0
+    assert not any(settings.batches_dir.iterdir())
+
+    # Lineage: the model version's dataset, restored from the DVC remote, is the dataset it was trained on.
+    restored = lineage.checkout_model_dataset(settings, production.version)
+    assert file_hashes(restored) == file_hashes(settings.dataset_dir)
+    stored = versioning.stored_files(settings.dvc_remote_dir, tags["dataset_version"])
+    assert {path: md5 for path, md5 in file_hashes(restored).items()} == stored
+
+
+def test_shuffled_labels_are_registered_but_not_promoted(dagbag, retrain_world):
+    settings = retrain_world
+    before = tracking.production_version(settings).version
+    world.save_feedback(settings, 50, shuffled=True)
+
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=50)
+
+    assert set(states.values()) == {"success"}
+    assert tracking.production_version(settings).version == before
+    candidate = [tags for tags in versions(settings).values() if tags.get("airflow_run_id") == run.run_id]
+    assert len(candidate) == 1
+    assert candidate[0]["promoted"] == "false"
+    assert "worse on the evaluation set" in candidate[0]["promotion"], candidate[0]["promotion"]
+
+
+def test_too_little_feedback_ends_skipped(dagbag, retrain_world):
+    settings = retrain_world
+    keys = world.save_feedback(settings, 10)
+
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=50, wait_minutes=0.02)  # defers, then 1.2 s passes
+
+    assert run.state == "success"
+    assert set(states.values()) == {"skipped"}
+    assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(keys)
+    assert len(versions(settings)) == 1
+
+
+def test_retried_snapshot_takes_exactly_the_counted_drawings(dagbag, retrain_world, monkeypatch):
+    """The first try dies halfway through the move while new drawings arrive; the retry finishes the same batch."""
+    settings = retrain_world
+    counted = world.save_feedback(settings, 30)
+    late: list[str] = []
+    real_move = feedback.move
+
+    def move_half_then_fail(refs, source, destination):
+        if not late:
+            real_move(refs[: len(refs) // 2], source, destination)
+            late.extend(world.save_feedback(settings, 5, start=100))
+            raise OSError("disk hiccup in the middle of the snapshot")
+        return real_move(refs, source, destination)
+
+    monkeypatch.setattr(feedback, "move", move_half_then_fail)
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=30, epochs=1)
+
+    assert set(states.values()) == {"success"}
+    assert sorted(world.dataset_keys(settings)) == sorted(counted)
+    assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(late)
