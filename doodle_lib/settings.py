@@ -52,6 +52,14 @@ class Settings(BaseSettings):
         description="prometheus_client's multiprocess folder; set by webapp/gunicorn.conf.py, unset in one process",
     )
 
+    # The embedded stack (doodle stack up / make up)
+    host: str = Field("127.0.0.1", description="address every embedded service listens on")
+    mlflow_port: int = Field(5000, description="MLflow tracking server port in the embedded stack")
+    airflow_port: int = Field(8080, description="Airflow api-server port in the embedded stack")
+    prometheus_port: int = Field(9090, description="Prometheus port in the embedded stack, when installed")
+    airflow_parallelism: int = Field(4, description="Airflow task slots; 4 suits 2 cores")
+    training_threads: int = Field(1, description="torch threads of training tasks in the stack, so serving keeps a core")
+
     @property
     def mlflow_uri(self) -> str:
         """The tracking URI to use: the configured server, or the local SQLite store."""

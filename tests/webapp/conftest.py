@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CATEGORIES, SAMPLE
-from tests.webapp.serving import publish
+from tests.webapp.serving import log_models, register
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +21,20 @@ def trained_models():
     return first.eval(), second.eval()
 
 
+@pytest.fixture(scope="session")
+def logged_models(mlflow_url, trained_models, tmp_path_factory) -> list[tuple[str, str]]:
+    """Both models logged once in the session's MLflow server: (model URI, run id)."""
+    from doodle_lib.settings import Settings
+
+    root = tmp_path_factory.mktemp("logged")
+    settings = Settings(MLFLOW_TRACKING_URI=mlflow_url, data_dir=root / "data", storage_dir=root / "storage")
+    return log_models(settings, list(trained_models))
+
+
 @pytest.fixture
-def versions(settings, trained_models) -> list[str]:
+def versions(settings, logged_models) -> list[str]:
     """Both models registered under this test's model name; the first is production."""
-    return publish(settings, list(trained_models))
+    return register(settings, logged_models)
 
 
 @pytest.fixture

@@ -59,15 +59,22 @@ def get_json(url: str, timeout: float = 10) -> dict:
         return json.loads(response.read())
 
 
-def publish(settings: Settings, models: list, promote_first: bool = True) -> list[str]:
-    """Log each model in one run and register it under settings.model_name; returns the new versions."""
+def log_models(settings: Settings, models: list) -> list[tuple[str, str]]:
+    """Log each model in its own run; returns (model URI, run id) pairs to register later, cheaply."""
     from doodle_lib import tracking
 
-    versions = []
+    logged = []
     for n, model in enumerate(models):
         with tracking.training_run(settings, f"webapp-test-{n}") as run_id:
-            uri = tracking.log_model(model)
-        versions.append(tracking.register(settings, uri, run_id, {"test": "webapp"}).version)
+            logged.append((tracking.log_model(model), run_id))
+    return logged
+
+
+def register(settings: Settings, logged: list[tuple[str, str]], promote_first: bool = True) -> list[str]:
+    """Register logged models as new versions of settings.model_name; returns the versions."""
+    from doodle_lib import tracking
+
+    versions = [str(tracking.register(settings, uri, run_id, {"test": "webapp"}).version) for uri, run_id in logged]
     if promote_first:
         tracking.set_production(settings, versions[0])
-    return [str(v) for v in versions]
+    return versions

@@ -1,0 +1,122 @@
+"""The JSON API in-process: predict, feedback files, the model endpoint, probes, no-model behaviour."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from doodle_lib import feedback
+from doodle_lib.drawing import strokes_to_bitmap
+from tests.conftest import CATEGORIES, fixture_drawings
+
+DRAWINGS = fixture_drawings()
+
+
+def png_of(bitmap: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - bitmap).resize((280, 280)).save(buffer, format="PNG")  # dark ink on white, bigger
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_predict_strokes_returns_version_top_k_and_bitmap(client, versions):
+    category, _, strokes = DRAWINGS[40]
+    answer = client.post("/api/predict", json={"strokes": strokes, "k": 4})
+    assert answer.status_code == 200, answer.json
+    body = answer.json
+    assert body["model_version"] == versions[0]
+    assert len(body["predictions"]) == 4
+    probabilities = [p["probability"] for p in body["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+    assert {p["label"] for p in body["predictions"]} <= set(CATEGORIES)
+    seen = np.frombuffer(base64.b64decode(body["bitmap"]), dtype=np.uint8).reshape(28, 28)
+    assert np.array_equal(seen, strokes_to_bitmap(strokes))
+
+
+def test_predict_image_upload_matches_strokes(client):
+    _, _, strokes = DRAWINGS[7]
+    from_strokes = client.post("/api/predict", json={"strokes": strokes}).json
+    from_image = client.post("/api/predict", json={"image": png_of(strokes_to_bitmap(strokes))}).json
+    assert from_image["predictions"][0]["label"] == from_strokes["predictions"][0]["label"]
+    assert len(from_image["predictions"]) == 3  # the default top-k
+
+
+@pytest.mark.parametrize("predicted, kind", [("cat", "confirmed"), ("fish", "correction"), (None, "unprompted")])
+def test_feedback_writes_png_and_json(client, settings, versions, predicted, kind):
+    _, _, strokes = DRAWINGS[60]
+    body = {"strokes": strokes, "label": "cat", "predicted_label": predicted, "model_version": versions[0]}
+    answer = client.post("/api/feedback", json=body)
+    assert answer.status_code == 201, answer.json
+    assert answer.json["kind"] == kind
+    [ref] = feedback.complete(settings.feedback_dir)
+    assert answer.json["id"] == ref.key and ref.category == "cat"
+    bitmap, record = feedback.read(settings.feedback_dir, ref)
+    assert np.array_equal(bitmap, strokes_to_bitmap(strokes))
+    assert record["label"] == "cat" and record["predicted_label"] == predicted and record["kind"] == kind
+    assert record["model_version"] == versions[0] and record["created_at"]
+    assert record["strokes"] == json.loads(json.dumps(strokes))
+
+
+def test_model_endpoint_and_probes(client, versions):
+    model = client.get("/api/model").json
+    assert model["status"] == "ok" and model["version"] == versions[0]
+    assert model["categories"] == CATEGORIES and model["registry_reachable"] and model["loaded_since"]
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["version"] == versions[0]
+
+
+def test_openapi_document_lists_the_api(client):
+    paths = client.get("/openapi/openapi.json").json["paths"]
+    assert {"/api/predict", "/api/feedback", "/api/model"} <= paths.keys()
+    assert "requestBody" in paths["/api/predict"]["post"]
+
+
+def test_page_shows_version_and_categories(client, versions):
+    page = client.get("/").data.decode()
+    assert f'id="model-version">{versions[0]}<' in page
+    assert all(f'<option value="{name}">' in page for name in CATEGORIES)
+    assert "touch-action: none" in client.get("/static/app.css").data.decode()
+
+
+def test_without_production_model(bare_app, settings):
+    client = bare_app.test_client()
+    _, _, strokes = DRAWINGS[0]
+    answer = client.post("/api/predict", json={"strokes": strokes})
+    assert answer.status_code == 503 and "no model is in production" in answer.json["error"]
+    assert "No model is in production yet" in client.get("/").data.decode()
+    assert client.get("/api/model").json["status"] == "no_model"
+    assert client.get("/readyz").status_code == 200  # the registry answered: there is simply none yet
+    saved = client.post("/api/feedback", json={"strokes": strokes, "label": "apple"})
+    assert saved.status_code == 201 and feedback.count(settings.feedback_dir) == 1
+
+
+def test_metrics_count_predictions_and_feedback(client, versions):
+    _, _, strokes = DRAWINGS[3]
+    before = samples(client.get("/metrics").data.decode())
+    label = client.post("/api/predict", json={"strokes": strokes}).json["predictions"][0]["label"]
+    client.post("/api/feedback", json={"strokes": strokes, "label": "eye", "predicted_label": label,
+                                       "model_version": versions[0]})
+    after = samples(client.get("/metrics").data.decode())
+    found = {key: value - before.get(key, 0) for key, value in after.items()}  # counters are per process
+    assert found[("doodle_predictions_total", (("label", label), ("model_version", versions[0])))] == 1
+    key = (("kind", "correction"), ("label", "eye"), ("model_version", versions[0]), ("predicted_label", label))
+    assert found[("doodle_feedback_total", key)] == 1
+    assert after[("doodle_serving_model_version", ())] == int(versions[0])
+    assert after[("doodle_feedback_waiting", ())] == 1
+    assert found[("doodle_prediction_confidence_count", (("model_version", versions[0]),))] == 1
+    latency = ("flask_http_request_duration_seconds_count", (("endpoint", "api.predict"), ("method", "POST"), ("status", "200")))
+    assert found[latency] == 1
+
+
+def samples(text: str) -> dict:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }

@@ -1,0 +1,121 @@
+"""The web app under real gunicorn: concurrent feedback writes, hot swap by polling, multiprocess metrics."""
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from doodle_lib import tracking
+from tests.conftest import fixture_drawings
+from tests.webapp.load import Load
+from tests.webapp.serving import app_env, get_json, gunicorn_app
+from tests.webapp.test_api import samples
+
+pytestmark = pytest.mark.slow
+STROKES = fixture_drawings()[40][2]
+POLL_SECONDS = 0.5
+
+
+@pytest.fixture
+def served(settings, versions, tmp_path):
+    with gunicorn_app(app_env(settings, POLL_SECONDS), tmp_path) as url:
+        yield url
+
+
+def post_many(url: str, count: int, label: str, errors: list) -> None:
+    """`count` feedback posts on one keep-alive connection."""
+    port = int(url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = json.dumps({"strokes": STROKES, "label": label, "predicted_label": "cat", "model_version": "1"})
+    for _ in range(count):
+        connection.request("POST", "/api/feedback", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 201:
+            errors.append(response.status)
+    connection.close()
+
+
+def check_folder(root: Path) -> tuple[int, list[str]]:
+    """Complete pairs and problems seen by a reader that trusts a JSON only (it is written last)."""
+    problems, complete = [], 0
+    for document in root.glob("*/*.json"):
+        if document.name.startswith("."):
+            continue
+        png = document.with_suffix(".png")
+        try:
+            record = json.loads(document.read_text())
+            with Image.open(png) as image:
+                image.load()
+                size = image.size
+        except FileNotFoundError as error:
+            if document.exists():  # not moved away meanwhile: a JSON without its PNG
+                problems.append(f"{document.name}: {error}")
+            continue
+        except (ValueError, OSError) as error:
+            problems.append(f"{document.name}: {error}")
+            continue
+        if size != (28, 28) or record["label"] != document.parent.name or not record["strokes"]:
+            problems.append(f"{document.name}: wrong content")
+        complete += 1
+    return complete, problems
+
+
+def test_8_threads_x_500_feedback_posts_leave_4000_complete_pairs(served, settings):
+    errors, problems, polls = [], [], [0]
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            problems.extend(check_folder(settings.feedback_dir)[1])
+            polls[0] += 1
+
+    watcher = threading.Thread(target=reader, daemon=True)
+    watcher.start()
+    labels = ["apple", "bicycle", "cat", "diamond", "eye", "fish", "cat", "apple"]
+    posters = [threading.Thread(target=post_many, args=(served, 500, label, errors)) for label in labels]
+    for poster in posters:
+        poster.start()
+    for poster in posters:
+        poster.join(300)
+    done.set()
+    watcher.join(60)
+    assert errors == [] and problems == []
+    assert polls[0] >= 3  # the reader really watched during the writes
+    complete, problems = check_folder(settings.feedback_dir)
+    assert complete == 4000 and problems == []
+    assert len(list(settings.feedback_dir.glob("*/*.png"))) == 4000
+    assert list(settings.feedback_dir.glob("*/.*")) == []  # no temporary file left behind
+    metrics = samples(urllib.request.urlopen(f"{served}/metrics").read().decode())
+    assert metrics[("doodle_feedback_waiting", ())] == 4000
+    posted = sum(v for (name, _), v in metrics.items() if name == "doodle_feedback_total")
+    assert posted == 4000  # counted across both workers (multiprocess mode)
+
+
+def test_alias_move_switches_version_within_poll_interval_without_failures(served, settings, versions):
+    assert get_json(f"{served}/api/model")["version"] == versions[0]
+    with Load(served, "/api/predict", {"strokes": STROKES}, threads=4) as load:
+        time.sleep(2)
+        tracking.set_production(settings, versions[1])
+        moved = time.monotonic()
+        deadline = moved + 15
+        while time.monotonic() < deadline and not load.first_time_all_serve(versions[1], moved):
+            time.sleep(0.2)
+        time.sleep(2)  # keep the load on after the switch
+    switched = load.first_time_all_serve(versions[1], moved)
+    assert load.failures() == []
+    assert switched is not None, "never served only the new version"
+    # Polling interval, plus loading the new checkpoint in the background (seconds under this load).
+    assert switched - moved < POLL_SECONDS + 5
+    assert len(load.answers) > 200
+    workers = samples(urllib.request.urlopen(f"{served}/metrics").read().decode())
+    serving = {k: v for k, v in workers.items() if k[0] == "doodle_serving_model_version"}
+    assert len(serving) == 2 and set(serving.values()) == {float(versions[1])}
+    reloads = {dict(k[1])["result"]: v for k, v in workers.items() if k[0] == "doodle_model_reloads_total"}
+    assert reloads == {"success": 2.0}  # each worker loaded the new version once (start-up loads are not reloads)

@@ -1,0 +1,61 @@
+"""The doodle web app: draw, predict, correct; serves the production model and swaps in new ones live."""
+from __future__ import annotations
+
+import logging
+
+from flask import jsonify
+from flask_openapi3 import Info, OpenAPI
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from doodle_lib.settings import get_settings
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB image in base64 fits; anything larger is refused unread
+
+
+def create_app(test_config: dict | None = None) -> OpenAPI:
+    """The app factory: flaskr style, with settings from the environment and a mapping for tests."""
+    app = OpenAPI(
+        __name__,
+        info=Info(title="Doodle classifier", version="1.0.0", description="Predict Quick, Draw! doodles; send feedback."),
+        validation_error_status=422,
+        validation_error_callback=validation_error,
+    )
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        MODEL_WATCH=True,  # load the production model and watch the registry; tests of pure validation turn it off
+        REGISTRY_TIMEOUT_SECONDS=5,
+    )
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.config.setdefault("SETTINGS", get_settings())
+    app.json.sort_keys = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+    from webapp import api, health, metrics, pages, webhooks
+    from webapp.holder import ModelHolder
+
+    ModelHolder().init_app(app)
+    metrics.init_app(app)
+    app.register_api(api.api)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_error_handler(HTTPException, http_error)
+    return app
+
+
+def validation_error(error: ValidationError):
+    """A 422 whose message names each field that is wrong and why."""
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]]
+    more = f" (and {error.error_count() - 5} more)" if error.error_count() > 5 else ""
+    response = jsonify(error="; ".join(problems) + more)
+    response.status_code = 422
+    return response
+
+
+def http_error(error: HTTPException):
+    """Errors as JSON with a message, for API clients and the page's script alike."""
+    response = jsonify(error=error.description or error.name)
+    response.status_code = error.code or 500
+    return response

@@ -1,0 +1,148 @@
+"""The model holder: serves the production model, learns that the alias moved, swaps the new one in."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from doodle_lib import dataset, tracking
+from doodle_lib.drawing import strokes_to_bitmap
+from doodle_lib.model import DoodleCNN, predict_proba
+from doodle_lib.settings import Settings
+
+log = logging.getLogger(__name__)
+SIGNAL_FILE = "registry-changed"  # touched by the webhook receiver of any worker, watched by all
+SIGNAL_CHECK_SECONDS = 0.2
+WARM_UP_STROKES = [[[0, 10, 20], [0, 20, 0]]]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded model version; immutable, so a request keeps a consistent one across a swap."""
+
+    model: DoodleCNN
+    version: str
+    loaded_at: datetime
+
+    @property
+    def categories(self) -> list[str]:
+        return self.model.categories
+
+    def predict(self, bitmap: np.ndarray) -> np.ndarray:
+        """Class probabilities of one 28x28 bitmap."""
+        return predict_proba(self.model, bitmap[None])[0]
+
+
+class ModelHolder:
+    """Keeps the production model of one process and replaces it in the background."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings
+        self.served: Served | None = None  # swapped by one assignment: readers never see half a model
+        self.registry_reachable = False
+        self.checked = False  # the registry has answered at least once (with a version or with none)
+        self.last_error = ""
+        self.versions_seen: set[str] = set()
+        self.on_reload = lambda result, served: None  # metrics hooks
+        self.on_check = lambda reachable: None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._signal_mtime = 0.0
+
+    def init_app(self, app) -> None:
+        """Load the production model now, then watch the registry from a daemon thread."""
+        self.settings = app.config["SETTINGS"]
+        # Fail fast: a poll that retries for minutes would leave the holder blind to an outage.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(app.config["REGISTRY_TIMEOUT_SECONDS"]))
+        app.extensions["model_holder"] = self
+        if app.config["MODEL_WATCH"]:
+            self.check()
+            self.start()
+
+    @property
+    def signal_path(self):
+        return self.settings.webapp_state_dir / SIGNAL_FILE
+
+    def status(self) -> str:
+        """ok, degraded (registry unreachable), or no_model."""
+        if not self.registry_reachable:
+            return "degraded"
+        return "ok" if self.served else "no_model"
+
+    def known_categories(self) -> list[str]:
+        """Labels feedback may carry: the served model's, or the base data's while none is served."""
+        served = self.served
+        return served.categories if served else dataset.categories_in(self.settings.sample_dir)
+
+    def check(self) -> None:
+        """Ask the registry where the alias points; load and swap in a new version if it moved."""
+        try:
+            version = tracking.production_version(self.settings, tracking.registry_client(self.settings))
+        except Exception as error:  # noqa: BLE001 - any registry failure means: keep serving what we have
+            self._unreachable(error)
+            self.on_check(False)
+            return
+        self.registry_reachable, self.checked, self.last_error = True, True, ""
+        self.on_check(True)
+        current = self.served
+        if version is None or (current and current.version == str(version.version)):
+            return
+        try:
+            model = tracking.load_version(self.settings, version.version)
+        except Exception as error:  # noqa: BLE001
+            log.warning("loading version %s failed, still serving %s: %s", version.version, current and current.version, error)
+            self.last_error = f"loading version {version.version} failed: {error}"
+            self.on_reload("failure", current)
+            return
+        served = Served(model.eval(), str(version.version), datetime.now(timezone.utc))
+        served.predict(strokes_to_bitmap(WARM_UP_STROKES))  # first calls load cairo and torch kernels: not in a request
+        self.versions_seen.add(served.version)
+        self.served = served
+        log.info("now serving version %s (was %s)", version.version, current and current.version)
+        self.on_reload("success", self.served)
+
+    def _unreachable(self, error: Exception) -> None:
+        if self.registry_reachable or not self.last_error:
+            log.warning("registry unreachable, still serving %s: %s", self.served and self.served.version, error)
+        self.registry_reachable = False
+        self.last_error = f"registry unreachable: {error.__class__.__name__}"
+
+    def notify(self) -> None:
+        """The registry changed (webhook): check now here, and tell the other workers through the signal file."""
+        self.signal_path.parent.mkdir(parents=True, exist_ok=True)
+        self.signal_path.write_text(str(time.time()))
+        self._wake.set()
+
+    def _signalled(self) -> bool:
+        try:
+            mtime = self.signal_path.stat().st_mtime
+        except OSError:
+            return False
+        changed, self._signal_mtime = mtime != self._signal_mtime, mtime
+        return changed
+
+    def start(self) -> None:
+        self._signalled()  # remember the current signal, so only newer ones wake us
+        self._thread = threading.Thread(target=self._run, name="model-holder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            deadline = time.monotonic() + self.settings.model_poll_seconds
+            # Sleep in short steps so a webhook's signal (from any worker) is acted on at once.
+            while time.monotonic() < deadline and not self._stop.is_set():
+                if self._wake.wait(SIGNAL_CHECK_SECONDS) or self._signalled():
+                    break
+            self._wake.clear()
+            self.check()

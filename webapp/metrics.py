@@ -1,0 +1,76 @@
+"""Prometheus metrics: HTTP metrics from prometheus-flask-exporter plus the model's own."""
+from __future__ import annotations
+
+from flask import request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+from doodle_lib import feedback
+
+# Created unregistered: each app's registry adds them, so tests can build many apps in one process.
+PREDICTIONS = Counter(
+    "doodle_predictions", "Predictions served, by top label and model version", ["label", "model_version"], registry=None
+)
+CONFIDENCE = Histogram(
+    "doodle_prediction_confidence", "Probability of the top label", ["model_version"], registry=None,
+    buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+FEEDBACK = Counter(
+    "doodle_feedback", "Feedback stored, by the model version it answers, predicted and correct label",
+    ["model_version", "predicted_label", "label", "kind"], registry=None,
+)
+SERVING_VERSION = Gauge(
+    "doodle_serving_model_version", "Registered version each worker serves (0: none)", registry=None,
+    multiprocess_mode="liveall",
+)
+RELOADS = Counter("doodle_model_reloads", "Model loads after the alias moved, by result", ["result"], registry=None)
+REGISTRY_UP = Gauge(
+    "doodle_registry_reachable", "1 when the model registry answered the last poll (min over workers)", registry=None,
+    multiprocess_mode="livemin",
+)
+WAITING = Gauge(
+    "doodle_feedback_waiting", "Complete feedback drawings waiting to be trained on", registry=None,
+    multiprocess_mode="livemostrecent",
+)
+MODEL_METRICS = (PREDICTIONS, CONFIDENCE, FEEDBACK, SERVING_VERSION, RELOADS, REGISTRY_UP, WAITING)
+
+
+def init_app(app) -> None:
+    """Attach /metrics: multiprocess under gunicorn (PROMETHEUS_MULTIPROC_DIR set), one registry otherwise."""
+    settings = app.config["SETTINGS"]
+    options = {"group_by": "endpoint", "excluded_paths": ["^/static/"], "default_labels": {}}
+    if settings.prometheus_multiproc_dir:
+        app.extensions["metrics"] = GunicornInternalPrometheusMetrics(app, **options)
+    else:
+        registry = CollectorRegistry()
+        for metric in MODEL_METRICS:
+            registry.register(metric)
+        app.extensions["metrics"] = PrometheusMetrics(app, registry=registry, **options)
+    holder = app.extensions["model_holder"]
+    holder.on_reload = on_reload
+    holder.on_check = lambda reachable: REGISTRY_UP.set(1 if reachable else 0)
+    on_reload(None, holder.served)
+    REGISTRY_UP.set(1 if holder.registry_reachable else 0)
+
+    @app.before_request
+    def refresh_gauges():
+        # Gauges that are costly or only true at a moment are refreshed when Prometheus scrapes.
+        if request.path == "/metrics":
+            WAITING.set(feedback.count(settings.feedback_dir))
+
+
+def on_reload(result: str | None, served) -> None:
+    """Count a load and publish the version now served."""
+    if result:
+        RELOADS.labels(result).inc()
+    SERVING_VERSION.set(int(served.version) if served else 0)
+
+
+def observe_prediction(version: str, label: str, confidence: float) -> None:
+    PREDICTIONS.labels(label, version).inc()
+    CONFIDENCE.labels(version).observe(confidence)
+
+
+def observe_feedback(version: str, predicted: str, label: str, kind: str) -> None:
+    FEEDBACK.labels(version, predicted, label, kind).inc()

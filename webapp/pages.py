@@ -1,0 +1,19 @@
+"""The canvas page."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.get("/")
+def index():
+    """Draw, see the top 3, confirm or correct."""
+    holder = current_app.extensions["model_holder"]
+    served = holder.served
+    return render_template(
+        "index.html",
+        version=served.version if served else None,
+        categories=holder.known_categories(),
+        status=holder.status(),
+    )

@@ -1,0 +1,75 @@
+"""Request and response bodies of the JSON API, validated by pydantic and published in the OpenAPI document."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from doodle_lib.drawing import MAX_POINTS, MAX_STROKES
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Axis = Annotated[list[Number], Field(max_length=MAX_POINTS)]
+Stroke = Annotated[list[Axis], Field(min_length=2, max_length=3, description="[[xs], [ys]] or [[xs], [ys], [ts]]")]
+Strokes = Annotated[
+    list[Stroke], Field(min_length=1, max_length=MAX_STROKES, description="Quick, Draw! strokes, any coordinate range")
+]
+Label = Annotated[str, Field(min_length=1, max_length=100, description="a category of the served model")]
+Version = Annotated[str, Field(pattern=r"^[0-9]{1,9}$", description="a registered model version")]
+MAX_IMAGE_CHARS = 14_000_000  # a 10 MB image in base64, with its data URL prefix
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class PredictRequest(Strict):
+    """A drawing as strokes, or as an image (PNG or JPEG, base64 or a data: URL)."""
+
+    strokes: Strokes | None = None
+    image: Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)] | None = None
+    k: Annotated[int, Field(ge=1, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def one_drawing(self):
+        if (self.strokes is None) == (self.image is None):
+            raise ValueError("send exactly one of 'strokes' or 'image'")
+        return self
+
+
+class Guess(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Guess] = Field(description="top-k labels, most probable first")
+    bitmap: str = Field(description="the 28x28 uint8 image the model saw, row-major, base64")
+
+
+class FeedbackRequest(Strict):
+    """What the user said about a prediction: the correct label of a drawing."""
+
+    strokes: Strokes
+    label: Label
+    predicted_label: Label | None = None
+    model_version: Version | None = None
+
+
+class FeedbackResponse(BaseModel):
+    id: str = Field(description="<category>/<drawing id>")
+    kind: Literal["confirmed", "correction", "unprompted"]
+
+
+class ModelResponse(BaseModel):
+    status: Literal["ok", "degraded", "no_model"]
+    version: str | None
+    categories: list[str]
+    loaded_since: str | None
+    registry_reachable: bool
+    poll_seconds: float
+    last_error: str
+
+
+class ErrorResponse(BaseModel):
+    error: str

@@ -1,0 +1,140 @@
+// The canvas page: Pointer Events for mouse, touch and pen; strokes go to the server as [[xs], [ys], [ts]].
+"use strict";
+const canvas = document.getElementById("canvas");
+const ctx = canvas.getContext("2d");
+const list = document.getElementById("predictions");
+const bitmap = document.getElementById("bitmap").getContext("2d");
+const message = document.getElementById("message");
+const rightButton = document.getElementById("right");
+const wrongButton = document.getElementById("wrong");
+const wrongLabel = document.getElementById("wrong-label");
+const DEBOUNCE_MS = 120;
+let strokes = [];
+let current = null;
+let last = null; // the latest prediction: {model_version, predictions}
+let timer = null;
+let sequence = 0; // answers to older requests are dropped
+const start = performance.now();
+
+function resize() {
+  // Draw in device pixels so lines stay sharp; strokes keep CSS pixel coordinates.
+  const ratio = window.devicePixelRatio || 1;
+  const side = canvas.clientWidth;
+  canvas.width = side * ratio;
+  canvas.height = side * ratio;
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  redraw();
+}
+
+function redraw() {
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.lineWidth = 4; ctx.lineCap = "round"; ctx.lineJoin = "round"; ctx.strokeStyle = "#111";
+  for (const [xs, ys] of strokes) {
+    ctx.beginPath();
+    ctx.moveTo(xs[0], ys[0]);
+    for (let i = 1; i < xs.length; i++) ctx.lineTo(xs[i], ys[i]);
+    if (xs.length === 1) ctx.lineTo(xs[0] + 0.1, ys[0]);
+    ctx.stroke();
+  }
+}
+
+function point(event) {
+  const box = canvas.getBoundingClientRect();
+  return [event.clientX - box.left, event.clientY - box.top, Math.round(performance.now() - start)];
+}
+
+canvas.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  canvas.setPointerCapture(event.pointerId);
+  const [x, y, t] = point(event);
+  current = [[x], [y], [t]];
+  strokes.push(current);
+  redraw();
+});
+canvas.addEventListener("pointermove", (event) => {
+  if (!current) return;
+  for (const e of event.getCoalescedEvents ? event.getCoalescedEvents() : [event]) {
+    const [x, y, t] = point(e.clientX === undefined ? event : e);
+    current[0].push(x); current[1].push(y); current[2].push(t);
+  }
+  redraw();
+  schedule();
+});
+for (const name of ["pointerup", "pointercancel"]) {
+  canvas.addEventListener(name, () => { if (current) { current = null; schedule(); } });
+}
+
+document.getElementById("undo").addEventListener("click", () => { strokes.pop(); changed(); });
+document.getElementById("clear").addEventListener("click", () => { strokes = []; changed(); });
+
+function changed() {
+  redraw();
+  if (strokes.length) schedule(); else show(null);
+}
+
+function schedule() {
+  clearTimeout(timer);
+  timer = setTimeout(predict, DEBOUNCE_MS);
+}
+
+async function predict() {
+  if (!strokes.length) return;
+  const mine = ++sequence;
+  try {
+    const response = await fetch("/api/predict", {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({strokes, k: 3}),
+    });
+    const body = await response.json();
+    if (mine !== sequence) return;
+    if (!response.ok) { say(body.error || response.statusText, "error"); show(null); return; }
+    show(body);
+  } catch (error) {
+    if (mine === sequence) say("the server did not answer: " + error, "error");
+  }
+}
+
+function show(answer) {
+  last = answer;
+  list.replaceChildren();
+  rightButton.disabled = !answer;
+  wrongButton.disabled = !strokes.length;
+  if (!answer) { bitmap.clearRect(0, 0, 28, 28); return; }
+  for (const {label, probability} of answer.predictions) {
+    const item = document.createElement("li");
+    item.className = "guess";
+    item.dataset.label = label;
+    item.innerHTML = `<span class="label"></span> <span class="prob"></span><div class="bar"><span></span></div>`;
+    item.querySelector(".label").textContent = label;
+    item.querySelector(".prob").textContent = `${(probability * 100).toFixed(1)}%`;
+    item.querySelector(".bar span").style.width = `${probability * 100}%`;
+    list.append(item);
+  }
+  const pixels = Uint8Array.from(atob(answer.bitmap), (c) => c.charCodeAt(0));
+  const image = bitmap.createImageData(28, 28);
+  pixels.forEach((v, i) => { image.data.set([v, v, v, 255], i * 4); });
+  bitmap.putImageData(image, 0, 0);
+  const version = document.getElementById("model-version");
+  if (version) version.textContent = answer.model_version;
+}
+
+async function send(label) {
+  const body = {strokes, label};
+  if (last) { body.predicted_label = last.predictions[0].label; body.model_version = last.model_version; }
+  const response = await fetch("/api/feedback", {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+  });
+  const answer = await response.json();
+  if (!response.ok) { say(answer.error || response.statusText, "error"); return; }
+  say(answer.kind === "confirmed" ? `Thanks! Saved as a ${label} (confirmed).`
+                                  : `Thanks! Saved as a ${label}: the model will learn from it.`, "ok");
+  message.dataset.id = answer.id;
+  strokes = [];
+  changed();
+}
+
+function say(text, kind) { message.textContent = text; message.className = kind; }
+
+rightButton.addEventListener("click", () => { if (last) send(last.predictions[0].label); });
+wrongButton.addEventListener("click", () => send(wrongLabel.value));
+window.addEventListener("resize", resize);
+resize();
