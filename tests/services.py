@@ -81,7 +81,7 @@ class MlflowServer:
 
     def __init__(self, root: Path, port: int | None = None, env: dict[str, str] | None = None):
         self.root, self.port = root, port or free_port()
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
