@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -453,10 +454,9 @@ def cleanup(settings: Settings, batch: str, dataset_version: str) -> dict:
 
 def emit_stats(gauges: dict[str, float] | None = None, counters: dict[str, int] | None = None) -> None:
     """Send the pipeline's figures through Airflow's statsd client when running inside Airflow (else nothing)."""
-    try:
-        from airflow.sdk.observability import stats
-    except ImportError:  # doodle_lib without Airflow (web app, tests)
+    if "airflow.sdk" not in sys.modules:  # not inside an Airflow task: no statsd client to use
         return
+    from airflow.sdk.observability import stats
     for name, value in (gauges or {}).items():
         stats.gauge(f"{STATS_PREFIX}.{name}", value)
     for name, count in (counters or {}).items():

@@ -1,0 +1,146 @@
+"""The retraining stages without Airflow: batch names, snapshot, ingest, the gate, registration, clean-up."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from doodle_lib import dataset, feedback, retraining, tracking, versioning
+from doodle_lib.drawing import strokes_to_bitmap
+from tests.conftest import fixture_drawings
+
+
+def save(settings, count: int, start: int = 0) -> list[str]:
+    keys = []
+    for category, _, strokes in fixture_drawings()[start : start + count]:
+        ref = feedback.save(settings.feedback_dir, category, strokes_to_bitmap(strokes, raw=False), {"strokes": strokes, "simplified": True})
+        keys.append(ref.key)
+    return keys
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    """Settings on temporary folders, no MLflow needed."""
+    from doodle_lib.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data", storage_dir=tmp_path / "storage")
+
+
+@pytest.mark.parametrize(
+    "run_id, name",
+    [
+        ("manual__2026-11-23T06:47:34.571409+00:00", "manual__2026-11-23T06_47_34.571409_00_00"),
+        ("scheduled__2026/../x", "scheduled__2026_.._x"),
+        ("..hidden", "hidden"),
+    ],
+)
+def test_batch_name_is_one_safe_path_component(run_id, name):
+    assert retraining.batch_name(run_id) == name
+
+
+def test_snapshot_moves_exactly_the_counted_drawings_and_a_retry_is_a_no_op(local):
+    counted = save(local, 6)
+    late = save(local, 2, start=30)
+    first = retraining.snapshot(local, "run-1", counted)
+    again = retraining.snapshot(local, "run-1", counted)  # a retried task
+    assert first == again == {"batch": "run-1", "count": 6}
+    assert sorted(r.key for r in feedback.complete(local.feedback_dir)) == sorted(late)
+    assert sorted(r.key for r in feedback.complete(local.batches_dir / "run-1")) == sorted(counted)
+    assert retraining.batch_keys(local, "run-1") == counted
+
+
+def test_ingest_keeps_good_drawings_rerenders_a_broken_png_and_sets_bad_ones_aside(local):
+    keys = save(local, 5)
+    retraining.snapshot(local, "run-1", keys)
+    folder = local.batches_dir / "run-1"
+    broken, mislabelled, blank = (feedback.DrawingRef.parse(k) for k in keys[:3])
+    (folder / broken.category / f"{broken.id}.png").write_bytes(b"not a png")
+    record = folder / mislabelled.category / f"{mislabelled.id}.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "label": "../etc"}))
+    blank_record = folder / blank.category / f"{blank.id}.json"
+    (folder / blank.category / f"{blank.id}.png").unlink()
+    blank_record.write_text(json.dumps({"label": blank.category}))  # no PNG, no strokes
+
+    result = retraining.ingest(local, "run-1")
+
+    assert result["ingested"] == 3 and sorted(result["rejected"]) == sorted([mislabelled.key, blank.key])
+    split = retraining.read_batch(local, "run-1")
+    assert split.x.shape == (3, 28, 28) and split.x.dtype == np.uint8
+    category, _, strokes = fixture_drawings()[0]
+    assert (split.x[0] == strokes_to_bitmap(strokes, raw=False)).all()  # re-rendered from the strokes
+    reason = (local.rejected_dir / "run-1" / mislabelled.category / f"{mislabelled.id}.reason.txt").read_text()
+    assert "does not match its folder" in reason
+    assert (local.rejected_dir / "run-1" / mislabelled.category / f"{mislabelled.id}.png").exists()
+    assert retraining.ingest(local, "run-1") == result  # a retry writes the same file again
+
+
+def figures(c_eval, p_eval, c_new=None, p_new=None, c_eval_loss=0.3, p_eval_loss=0.3, count=50):
+    def part(acc, loss):
+        return None if acc is None else {"accuracy": acc, "loss": loss, "count": count}
+
+    return {
+        "candidate": {"eval": part(c_eval, c_eval_loss), "feedback": part(*(c_new or (None, None)))},
+        "production": None if p_eval is None else {"eval": part(p_eval, p_eval_loss), "feedback": part(*(p_new or (None, None)))},
+        "feedback_count": count if c_new else 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "case, promote, says",
+    [
+        (figures(0.90, None, (0.8, 0.5)), True, "no production model yet"),
+        (figures(0.930, 0.934, (0.9, 0.3), (0.8, 0.5)), True, "promoted: not worse"),  # -0.4 points: tolerated
+        (figures(0.925, 0.934, (0.9, 0.3), (0.8, 0.5)), False, "worse on the evaluation set"),  # -0.9 points
+        (figures(0.94, 0.93, (0.8, 0.5), (0.8, 0.5)), False, "not better on the new feedback"),
+        (figures(0.94, 0.93, (1.0, 0.05), (1.0, 0.09)), True, "better on the new feedback"),  # tie: lower loss wins
+        (figures(0.94, 0.93, (0.9, None), (0.8, 0.5)), True, "better on the new feedback"),
+        (figures(0.94, 0.93), True, "better on the evaluation set (no new feedback)"),
+        (figures(0.93, 0.93), False, "not better on the evaluation set"),
+    ],
+)
+def test_gate(case, promote, says):
+    decision = retraining.decide(case, tolerance_points=0.5)
+    assert decision.promote is promote
+    assert says in decision.reason
+    if case["production"]:
+        assert "production" in decision.reason and "candidate" in decision.reason  # both models' numbers
+
+
+def test_cleanup_removes_a_batch_only_once_the_remote_holds_it(local):
+    train, _ = dataset.build_base(
+        local.sample_dir, local.dataset_dir, local.evaluation_path, ["cat", "fish"], eval_per_category=10, max_per_category=30
+    )
+    versioning.ensure_project(local.data_dir, local.dvc_remote_dir)
+    old_version = versioning.commit(local.data_dir, "dataset")  # a version from before this batch
+    keys = save(local, 4)
+    retraining.snapshot(local, "run-1", keys)
+    retraining.ingest(local, "run-1")
+    with pytest.raises(versioning.VersioningError):
+        retraining.cleanup(local, "run-1", old_version)
+    assert (local.batches_dir / "run-1").is_dir()
+    version = retraining.version_dataset(local)["dataset_version"]
+    assert retraining.cleanup(local, "run-1", version) == {"batch": "run-1", "removed": True}
+    assert retraining.cleanup(local, "run-1", version) == {"batch": "run-1", "removed": False}
+    assert "feedback/run-1.npz" in versioning.stored_files(local.dvc_remote_dir, version)
+
+
+@pytest.mark.slow
+def test_train_evaluate_register_twice_gives_one_version(settings):
+    dataset.build_base(settings.sample_dir, settings.dataset_dir, settings.evaluation_path, ["cat", "fish"], 20, 80)
+    keys = save(settings, 4, start=50)  # cat drawings
+    retraining.snapshot(settings, "run-1", keys)
+    retraining.ingest(settings, "run-1")
+    version = retraining.version_dataset(settings)["dataset_version"]
+    trained = retraining.train_candidate(settings, "run-1", "run-1", version, {"epochs": 1})
+    assert trained["kind"] == "scratch"  # no production model yet
+    results = retraining.evaluate_candidate(settings, "run-1", trained)
+    assert results["production"] is None and results["feedback_count"] == 4
+    first = retraining.register_candidate(settings, "run-1", trained, version, results)
+    second = retraining.register_candidate(settings, "run-1", trained, version, results)
+    assert first == second
+    promoted = retraining.promote_candidate(settings, first, results, 0.5, trained)
+    assert promoted["promoted"] and "beats nothing" in promoted["reason"]
+    production = tracking.production_version(settings)
+    assert production.version == first["version"] and production.tags["promoted"] == "true"
+    assert production.tags["dataset_version"] == version
