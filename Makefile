@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock test test-fast clean-venv
+.PHONY: install up down status lock test test-fast clean-venv
 
 install: $(STAMP) ## create the virtual environment from the lock file (skipped when up to date)
 
@@ -17,6 +17,15 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	@$(BIN)/pip install -q -r requirements/lock.txt
 	@$(BIN)/pip install -q --no-deps -e .
 	@touch $(STAMP)
+
+up: install ## run the whole platform on this machine (Ctrl-C stops it)
+	$(BIN)/doodle stack up
+
+down: ## stop a platform started by `make up`
+	@test -x $(BIN)/doodle && $(BIN)/doodle stack down || echo "not installed: nothing runs"
+
+status: ## is the platform running, and is each service healthy
+	@test -x $(BIN)/doodle && $(BIN)/doodle stack status || echo "not installed: nothing runs"
 
 lock: ## re-resolve requirements/*.in into requirements/lock.txt
 	bash scripts/lock.sh

@@ -110,3 +110,43 @@ def evaluate(model_version: str | None) -> None:
     click.echo(f"version {version}: accuracy {result.accuracy:.2%} on {result.count} drawings")
     for name, accuracy in result.per_class.items():
         click.echo(f"  {name:<20} {accuracy:.2%}")
+
+
+@main.group()
+def stack() -> None:
+    """The embedded platform on this machine: MLflow, Airflow, the web app (make up / down / status)."""
+
+
+@stack.command("up")
+def stack_up() -> None:
+    """Initialise what is missing, start every service, and run until Ctrl-C."""
+    from doodle_lib import stack as embedded
+
+    try:
+        raise SystemExit(embedded.up(get_settings(), click.echo))
+    except embedded.StackError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop the running stack and every process it started."""
+    from doodle_lib import stack as embedded
+
+    try:
+        stopped = embedded.down(get_settings())
+    except embedded.StackError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo("stopped" if stopped else "the stack is not running")
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Whether the stack runs, and each service's health."""
+    from doodle_lib import stack as embedded
+
+    settings = get_settings()
+    pid = embedded.running_pid(settings)
+    click.echo(f"stack: {'running, pid ' + str(pid) if pid else 'not running'}")
+    for name, url, ok in embedded.status(settings):
+        click.echo(f"  {name:<12} {url:<28} {'healthy' if ok else 'down'}")
