@@ -1,0 +1,151 @@
+"""The flywheel end to end: `make up` on empty folders, corrections through the API, a new model served."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from doodle_lib import feedback
+from doodle_lib.settings import PROJECT_ROOT
+from tests.conftest import fixture_drawings
+from tests.e2e.stack_client import Stack, wait_until
+from tests.services import free_port
+
+pytestmark = pytest.mark.slow
+THRESHOLD = 30
+START_TIMEOUT = 900  # the first start trains the first model
+RUN_TIMEOUT = 600
+
+
+class Platform:
+    """`make up` in the background with its own folders and ports; stop() is Ctrl-C."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        ports = {name: free_port() for name in ("webapp", "airflow", "mlflow", "prometheus")}
+        self.env = {
+            **os.environ,
+            "DOODLE_DATA_DIR": str(root / "data"),
+            "DOODLE_STORAGE_DIR": str(root / "storage"),
+            "DOODLE_WEBAPP_BIND": f"127.0.0.1:{ports['webapp']}",
+            "DOODLE_AIRFLOW_PORT": str(ports["airflow"]),
+            "DOODLE_MLFLOW_PORT": str(ports["mlflow"]),
+            "DOODLE_PROMETHEUS_PORT": str(ports["prometheus"]),
+            "DOODLE_FEEDBACK_THRESHOLD": str(THRESHOLD),
+        }
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+        self.stack = Stack(
+            webapp=f"http://127.0.0.1:{ports['webapp']}",
+            airflow=f"http://127.0.0.1:{ports['airflow']}",
+            mlflow=f"http://127.0.0.1:{ports['mlflow']}",
+            password_file=str(root / "storage" / "airflow" / "simple_auth_manager_passwords.json.generated"),
+        )
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> Path:
+        self.starts += 1
+        log = self.root / f"up-{self.starts}.log"
+        with log.open("wb") as output:
+            self.process = subprocess.Popen(
+                ["make", "-s", "up"], cwd=PROJECT_ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(lambda: self.process.poll() is None and "The doodle platform is up" in log.read_text(),
+                   START_TIMEOUT, f"`make up` to print its banner (log: {log})", interval=2)
+        return log
+
+    def stop(self) -> None:
+        """Ctrl-C, as a terminal sends it to the foreground group; then nothing of the stack may be left."""
+        tree = psutil.Process(self.process.pid).children(recursive=True)
+        os.killpg(self.process.pid, signal.SIGINT)
+        assert self.process.wait(120) is not None
+        gone, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, f"left running after Ctrl-C: {[p.info for p in alive]}"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    platform = Platform(tmp_path_factory.mktemp("platform"))
+    platform.start()
+    yield platform
+    if platform.process and platform.process.poll() is None:
+        platform.stop()
+
+
+def ranked_fixtures(stack: Stack) -> list[tuple[float, str, list, str]]:
+    """The golden drawings, least confidently right first: (p(true label), label, strokes, predicted)."""
+    ranked = []
+    for category, _, strokes in fixture_drawings():
+        answer = stack.predict(strokes)
+        probabilities = {g["label"]: g["probability"] for g in answer["predictions"]}
+        ranked.append((probabilities.get(category, 0.0), category, strokes, answer["predictions"][0]["label"]))
+    return sorted(ranked, key=lambda item: item[0])
+
+
+def finished_runs(stack: Stack) -> list[dict]:
+    return [run for run in stack.dag_runs("retrain") if run["state"] in ("success", "failed")]
+
+
+def test_corrections_become_a_served_model_and_bad_ones_do_not(platform):
+    stack = platform.stack
+    first_version = wait_until(lambda: stack.model()["version"], 120, "the first model to be served")
+    registry = MlflowClient(stack.mlflow)
+    ranked = ranked_fixtures(stack)
+
+    # Batch 1: the drawings the model is least sure of, correctly labelled: they should help.
+    for _, label, strokes, predicted in ranked[:THRESHOLD]:
+        stack.feedback(strokes, label, predicted, first_version)
+    new_version = wait_until(
+        lambda: stack.model()["version"] != first_version and stack.model()["version"], RUN_TIMEOUT,
+        "a new version to be served",
+    )
+    first = finished_runs(stack)
+    assert [run["state"] for run in first] == ["success"]
+    states = stack.task_states("retrain", first[0]["dag_run_id"])
+    assert set(states.values()) == {"success"}, states
+    assert {"wait_for_feedback", "snapshot", "ingest", "version", "train", "evaluate", "register", "promote",
+            "cleanup"} <= states.keys()
+    assert registry.get_model_version_by_alias("doodle-classifier", "production").version == new_version
+    assert registry.get_model_version("doodle-classifier", new_version).tags["airflow_run_id"] == first[0]["dag_run_id"]
+
+    # Batch 2: other drawings with labels shuffled so that none is right: registered, never promoted.
+    rng = np.random.default_rng(0)
+    categories = stack.model()["categories"]
+    for _, label, strokes, predicted in ranked[THRESHOLD : 2 * THRESHOLD]:
+        wrong = rng.choice([c for c in categories if c != label])
+        stack.feedback(strokes, str(wrong), predicted, new_version)
+    wait_until(lambda: len(finished_runs(stack)) == 2, RUN_TIMEOUT, "the second retraining run")
+    second = finished_runs(stack)[1]
+    assert second["state"] == "success"
+    [rejected] = registry.search_model_versions(f"name='doodle-classifier' and tags.airflow_run_id = '{second['dag_run_id']}'")
+    assert "not promoted" in (rejected.description + str(rejected.tags)).lower()
+    assert registry.get_model_version_by_alias("doodle-classifier", "production").version == new_version
+    assert stack.model()["version"] == new_version
+    assert feedback.count(platform.root / "data" / "feedback") == 0
+
+
+def test_restart_keeps_the_model_and_the_waiting_feedback(platform):
+    stack = platform.stack
+    waiting = ranked_fixtures(stack)[-3:]
+    for _, label, strokes, predicted in waiting:
+        stack.feedback(strokes, label, predicted, stack.model()["version"])
+    served = stack.model()["version"]
+    feedback_dir = platform.root / "data" / "feedback"
+    before = sorted(ref.key for ref in feedback.complete(feedback_dir))
+    assert len(before) == 3
+
+    platform.stop()
+    log = platform.start()
+    text = log.read_text()
+    for step in ("creating Airflow's database", "preparing the dataset", "training the first model"):
+        assert step not in text, f"the second start repeated: {step}"
+    wait_until(lambda: stack.model()["version"] == served, 120, f"version {served} to be served again")
+    assert sorted(ref.key for ref in feedback.complete(feedback_dir)) == before
+    platform.stop()
