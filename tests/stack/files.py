@@ -153,7 +153,7 @@ PROMQL_KEYWORDS = {
 }
 LABEL_CLAUSE = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 SELECTOR_BODY = re.compile(r"\{([^}]*)\}")
-IDENTIFIER = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(?!\s*\()")
+IDENTIFIER = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(?![\w:]|\s*\()")
 
 
 @dataclass

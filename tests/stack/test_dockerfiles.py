@@ -1,0 +1,193 @@
+"""The images' Dockerfiles and scripts, checked without a Docker engine; the scripts run for real where they can."""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from doodle_lib.settings import PROJECT_ROOT
+from tests.stack.files import Dockerfile
+
+DOCKER = PROJECT_ROOT / "docker"
+DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+LOCK = dict(
+    line.split("==", 1) for line in (PROJECT_ROOT / "requirements" / "lock.txt").read_text().splitlines()
+    if "==" in line and not line.startswith("#")
+)
+LOCKED = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in LOCK.items()}
+SCRIPTS = sorted(DOCKER.rglob("*.sh"))
+
+
+def test_one_dockerfile_per_image():
+    assert {p.name for p in DOCKERFILES} == {"airflow.Dockerfile", "webapp.Dockerfile", "mlflow.Dockerfile"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.stem)
+def test_base_images_are_pinned(path):
+    for base in Dockerfile.read(path).all("FROM"):
+        image = base.split()[0]
+        name, _, tag = image.rpartition(":")
+        assert name and re.search(r"\d+\.\d+\.\d+", tag), f"{path.name}: FROM {image} has no pinned version tag"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.stem)
+def test_final_stage_runs_as_non_root_with_a_healthcheck(path):
+    dockerfile = Dockerfile.read(path)
+    users = dockerfile.all("USER", -1)
+    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{path.name} ends as root"
+    checks = dockerfile.all("HEALTHCHECK", -1)
+    assert checks and "CMD" in checks[-1] and "NONE" not in checks[-1].upper(), f"{path.name} has no HEALTHCHECK"
+    assert dockerfile.all("CMD", -1) or path.stem == "airflow", f"{path.name} has no CMD"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.stem)
+def test_apt_and_pip_leave_no_caches(path):
+    for run in Dockerfile.read(path).all("RUN"):
+        if "apt-get install" in run:
+            assert "--no-install-recommends" in run and "rm -rf /var/lib/apt/lists" in run, path.name
+    env = " ".join(Dockerfile.read(path).all("ENV"))
+    for run in Dockerfile.read(path).all("RUN"):
+        if "pip install" in run:
+            assert "--no-cache-dir" in run or "PIP_NO_CACHE_DIR=1" in env, f"{path.name}: pip keeps its cache"
+
+
+def test_airflow_image_matches_the_locked_airflow_and_python():
+    base = Dockerfile.read(DOCKER / "airflow.Dockerfile").all("FROM")[0]
+    python = re.search(r">=(\d+\.\d+)", tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["requires-python"])[1]
+    assert base == f"apache/airflow:{LOCKED['apache-airflow']}-python{python}"
+    for path in DOCKERFILES:
+        for image in Dockerfile.read(path).all("FROM"):
+            if image.startswith("python:"):
+                assert image.split(":")[1].startswith(python + "."), f"{path.name}: {image} is not Python {python}"
+
+
+@pytest.mark.parametrize("name", ["airflow", "webapp"])
+def test_torch_is_the_locked_cpu_build_installed_first(name):
+    runs = " && ".join(Dockerfile.read(DOCKER / f"{name}.Dockerfile").all("RUN"))
+    installs = [part for part in re.split(r"&&", runs) if "pip install" in part]
+    assert f"torch=={LOCKED['torch']}" in installs[0], f"{name}: torch is not installed first and pinned"
+    assert "--index-url https://download.pytorch.org/whl/cpu" in installs[0], f"{name}: torch not from the CPU index"
+    assert all("-c " in part and "lock.txt" in part for part in installs[1:]), f"{name}: later installs not locked"
+
+
+def test_webapp_requirements_are_all_locked():
+    names = [re.split(r"[=<>\[ ]", line)[0] for line in (DOCKER / "webapp-requirements.in").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    unlocked = [n for n in names if re.sub(r"[-_.]+", "-", n).lower() not in LOCKED]
+    assert names and not unlocked, f"not in requirements/lock.txt: {unlocked}"
+
+
+@pytest.mark.parametrize("name", ["airflow", "webapp"])
+def test_images_that_render_have_cairo(name):
+    assert "libcairo2" in " ".join(Dockerfile.read(DOCKER / f"{name}.Dockerfile").all("RUN"))
+
+
+def dockerignore_includes(path: str) -> bool:
+    """Whether the build context keeps `path`, by .dockerignore's last matching rule (Docker's semantics)."""
+    kept = True
+    for rule in (PROJECT_ROOT / ".dockerignore").read_text().splitlines():
+        rule = rule.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern == "**" or any(fnmatch.fnmatchcase(p, pattern) for p in prefixes) or (
+            pattern.startswith("**/") and any(fnmatch.fnmatchcase(part, pattern[3:]) for part in parts)
+        ):
+            kept = negate
+    return kept
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.stem)
+def test_copied_files_exist_and_are_in_the_build_context(path):
+    for argument in Dockerfile.read(path).all("COPY"):
+        words = [w for w in argument.split() if not w.startswith("--")]
+        if "--from" in argument:
+            continue
+        for source in words[:-1]:
+            source = source.rstrip("/")
+            assert (PROJECT_ROOT / source).exists(), f"{path.name} copies missing {source}"
+            files = [source] if (PROJECT_ROOT / source).is_file() else [
+                str(f.relative_to(PROJECT_ROOT)) for f in (PROJECT_ROOT / source).rglob("*") if f.is_file()
+                and "__pycache__" not in f.parts]
+            excluded = [f for f in files if not dockerignore_includes(f)]
+            assert files and not excluded, f"{path.name}: .dockerignore leaves out {excluded[:3]}"
+
+
+def test_dockerignore_keeps_secrets_and_state_out():
+    for path in (".env", "storage/mlflow/mlflow.db", "data/feedback/cat/x.png", ".venv/bin/python", "tests/conftest.py"):
+        assert not dockerignore_includes(path), f"{path} would be sent to the Docker daemon"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_are_valid_bash(script):
+    assert os.access(script, os.X_OK), f"{script.name} is not executable"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def run_init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """docker/airflow-init.sh with only `env` (and this venv's python on PATH); airflow is a stub that records."""
+    stub = tmp_path / "bin"
+    stub.mkdir(exist_ok=True)
+    (stub / "airflow").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/airflow-calls\n")
+    (stub / "airflow").chmod(0o755)
+    path = f"{stub}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    return subprocess.run(["bash", str(DOCKER / "airflow-init.sh")], env={"PATH": path, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def good_init_env(tmp_path: Path) -> dict[str, str]:
+    from cryptography.fernet import Fernet
+
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow:pw@postgres/airflow",
+        "AIRFLOW__CELERY__BROKER_URL": "redis://:pw@redis:6379/0",
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "q8Vd2-rT5mZx0pLw7Kc4",
+        "AIRFLOW__API__SECRET_KEY": "h3Nf9-Ys1bGv6Ru2Qe8",
+        "AIRFLOW_ADMIN_USER": "admin",
+        "AIRFLOW_ADMIN_PASSWORD": 'pa"ss-Wq7Zr4Lx9',
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json"),
+        "DOODLE_DATA_DIR": str(tmp_path / "data"),
+        "DOODLE_STORAGE_DIR": str(tmp_path / "storage"),
+    }
+
+
+def test_airflow_init_refuses_missing_and_weak_secrets(tmp_path):
+    result = run_init(tmp_path)
+    assert result.returncode == 1
+    for name in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW_ADMIN_PASSWORD"):
+        assert f"{name} is not set" in result.stderr
+    weak = {**good_init_env(tmp_path), "AIRFLOW_ADMIN_PASSWORD": "airflow", "AIRFLOW__CORE__FERNET_KEY": "not-a-key"}
+    result = run_init(tmp_path, **weak)
+    assert result.returncode == 1
+    assert "AIRFLOW_ADMIN_PASSWORD is too short or a well-known value" in result.stderr
+    assert "AIRFLOW__CORE__FERNET_KEY is not a Fernet key" in result.stderr
+    assert not (tmp_path / "airflow-calls").exists(), "nothing may be migrated with bad secrets"
+
+
+def test_airflow_init_migrates_and_writes_the_password_file(tmp_path):
+    import json
+
+    env = good_init_env(tmp_path)
+    result = run_init(tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "airflow-calls").read_text().split("\n")[0] == "db migrate"
+    passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    assert json.loads(passwords.read_text()) == {"admin": env["AIRFLOW_ADMIN_PASSWORD"]}
+    assert passwords.stat().st_mode & 0o077 == 0, "the password file must be private"
+    for folder in ("data/feedback", "data/batches", "storage/dvc-remote", "storage/webapp"):
+        assert (tmp_path / folder).is_dir()
+
+
+def test_healthcheck_refuses_an_unknown_component():
+    result = subprocess.run(["bash", str(DOCKER / "airflow-healthcheck.sh"), "nonsense"], capture_output=True, text=True)
+    assert result.returncode == 1 and "unknown component 'nonsense'" in result.stderr
