@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from doodle_lib.settings import PROJECT_ROOT
+from tests.services import free_port
+
+START_TIMEOUT = 900  # the first start trains the first model
 
 
 def call(url: str, body: dict | None = None, token: str | None = None, timeout: float = 30) -> dict:
@@ -58,6 +69,60 @@ class Stack:
         url = f"{self.airflow}/api/v2/dags/{dag_id}/dagRuns?order_by=start_date&limit=100"
         return call(url, token=self.token())["dag_runs"]
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         url = f"{self.airflow}/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id)}/taskInstances"
-        return {ti["task_id"]: ti["state"] for ti in call(url, token=self.token())["task_instances"]}
+        return call(url, token=self.token())["task_instances"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
+
+
+class Platform:
+    """`make up` in the background with its own folders and ports; stop() is Ctrl-C."""
+
+    def __init__(self, root: Path, threshold: int):
+        self.root = root
+        ports = {name: free_port() for name in ("webapp", "airflow", "mlflow", "prometheus")}
+        self.env = {
+            **os.environ,
+            "DOODLE_DATA_DIR": str(root / "data"),
+            "DOODLE_STORAGE_DIR": str(root / "storage"),
+            "DOODLE_WEBAPP_BIND": f"127.0.0.1:{ports['webapp']}",
+            "DOODLE_AIRFLOW_PORT": str(ports["airflow"]),
+            "DOODLE_MLFLOW_PORT": str(ports["mlflow"]),
+            "DOODLE_PROMETHEUS_PORT": str(ports["prometheus"]),
+            "DOODLE_FEEDBACK_THRESHOLD": str(threshold),
+        }
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+        self.stack = Stack(
+            webapp=f"http://127.0.0.1:{ports['webapp']}",
+            airflow=f"http://127.0.0.1:{ports['airflow']}",
+            mlflow=f"http://127.0.0.1:{ports['mlflow']}",
+            password_file=str(root / "storage" / "airflow" / "simple_auth_manager_passwords.json.generated"),
+        )
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> Path:
+        self.starts += 1
+        log = self.root / f"up-{self.starts}.log"
+        with log.open("wb") as output:
+            self.process = subprocess.Popen(
+                ["make", "-s", "up"], cwd=PROJECT_ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(lambda: self.process.poll() is None and "The doodle platform is up" in log.read_text(),
+                   START_TIMEOUT, f"`make up` to print its banner (log: {log})", interval=2)
+        return log
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process the stack runs now (descendants of `make up`)."""
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self) -> None:
+        """Ctrl-C, as a terminal sends it to the foreground group; then nothing of the stack may be left."""
+        tree = self.processes()
+        os.killpg(self.process.pid, signal.SIGINT)
+        assert self.process.wait(120) is not None
+        gone, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, f"left running after Ctrl-C: {[p.info for p in alive]}"

@@ -1,78 +1,22 @@
 """The flywheel end to end: `make up` on empty folders, corrections through the API, a new model served."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-from pathlib import Path
-
 import numpy as np
-import psutil
 import pytest
 from mlflow import MlflowClient
 
 from doodle_lib import feedback
-from doodle_lib.settings import PROJECT_ROOT
 from tests.conftest import fixture_drawings
-from tests.e2e.stack_client import Stack, wait_until
-from tests.services import free_port
+from tests.e2e.stack_client import Platform, Stack, wait_until
 
 pytestmark = pytest.mark.slow
 THRESHOLD = 30
-START_TIMEOUT = 900  # the first start trains the first model
 RUN_TIMEOUT = 600
-
-
-class Platform:
-    """`make up` in the background with its own folders and ports; stop() is Ctrl-C."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        ports = {name: free_port() for name in ("webapp", "airflow", "mlflow", "prometheus")}
-        self.env = {
-            **os.environ,
-            "DOODLE_DATA_DIR": str(root / "data"),
-            "DOODLE_STORAGE_DIR": str(root / "storage"),
-            "DOODLE_WEBAPP_BIND": f"127.0.0.1:{ports['webapp']}",
-            "DOODLE_AIRFLOW_PORT": str(ports["airflow"]),
-            "DOODLE_MLFLOW_PORT": str(ports["mlflow"]),
-            "DOODLE_PROMETHEUS_PORT": str(ports["prometheus"]),
-            "DOODLE_FEEDBACK_THRESHOLD": str(THRESHOLD),
-        }
-        self.env.pop("MLFLOW_TRACKING_URI", None)
-        self.stack = Stack(
-            webapp=f"http://127.0.0.1:{ports['webapp']}",
-            airflow=f"http://127.0.0.1:{ports['airflow']}",
-            mlflow=f"http://127.0.0.1:{ports['mlflow']}",
-            password_file=str(root / "storage" / "airflow" / "simple_auth_manager_passwords.json.generated"),
-        )
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> Path:
-        self.starts += 1
-        log = self.root / f"up-{self.starts}.log"
-        with log.open("wb") as output:
-            self.process = subprocess.Popen(
-                ["make", "-s", "up"], cwd=PROJECT_ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_until(lambda: self.process.poll() is None and "The doodle platform is up" in log.read_text(),
-                   START_TIMEOUT, f"`make up` to print its banner (log: {log})", interval=2)
-        return log
-
-    def stop(self) -> None:
-        """Ctrl-C, as a terminal sends it to the foreground group; then nothing of the stack may be left."""
-        tree = psutil.Process(self.process.pid).children(recursive=True)
-        os.killpg(self.process.pid, signal.SIGINT)
-        assert self.process.wait(120) is not None
-        gone, alive = psutil.wait_procs(tree, timeout=30)
-        assert not alive, f"left running after Ctrl-C: {[p.info for p in alive]}"
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    platform = Platform(tmp_path_factory.mktemp("platform"))
+    platform = Platform(tmp_path_factory.mktemp("platform"), THRESHOLD)
     platform.start()
     yield platform
     if platform.process and platform.process.poll() is None:
