@@ -122,6 +122,8 @@ def test_data_and_storage_are_shared_volumes(stack, services):
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert source.startswith(("./", "/")) or source in declared, f"{name}: volume {source} is not declared"
+            if source.startswith("./"):
+                assert (PROJECT_ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
     for name, service in project_services(services).items():
         env = {**Dockerfile.read(PROJECT_ROOT / service["build"]["dockerfile"]).env(), **environment(service)}
         mounts = dict(v.split(":")[1::-1] for v in service["volumes"])
