@@ -9,6 +9,7 @@ import numpy as np
 
 from doodle_lib import feedback
 from doodle_lib.drawing import strokes_to_bitmap
+from doodle_lib.retraining import batch_name
 from doodle_lib.settings import PROJECT_ROOT, Settings
 from tests.conftest import fixture_drawings
 
