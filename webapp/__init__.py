@@ -20,6 +20,7 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
         info=Info(title="Doodle classifier", version="1.0.0", description="Predict Quick, Draw! doodles; send feedback."),
         validation_error_status=422,
         validation_error_callback=validation_error,
+        security_schemes={},  # none; left unset, flask-openapi3 writes null, which OpenAPI does not allow
     )
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -56,6 +57,9 @@ def validation_error(error: ValidationError):
 
 def http_error(error: HTTPException):
     """Errors as JSON with a message, for API clients and the page's script alike."""
-    response = jsonify(error=error.description or error.name)
+    message = error.description or error.name
+    if error.code == 413:
+        message = f"the body is too large: at most {MAX_BODY_BYTES} bytes"
+    response = jsonify(error=message)
     response.status_code = error.code or 500
     return response

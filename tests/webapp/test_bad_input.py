@@ -1,0 +1,146 @@
+"""Malformed requests get a 4xx naming the problem, never a 5xx, and never write a file."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import fixture_drawings
+
+STROKES = fixture_drawings()[5][2]
+TRICKS = ["../../etc/passwd", "cat/../cat", "..", ".hidden", "cat\x00", "/tmp/x", "C:\\temp\\x", "cat\n", "%2e%2e%2f"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image_bytes(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (40, 40), 255).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+FEEDBACK = {"strokes": STROKES, "label": "cat", "predicted_label": "fish", "model_version": "1"}
+CASES = [
+    # (path, json body or (raw bytes, content type), status, words in the message)
+    ("/api/predict", {"strokes": "abc"}, 422, "strokes"),
+    ("/api/predict", {"strokes": [[["a"], [1]]]}, 422, "strokes.0.0.0"),
+    ("/api/predict", {"strokes": STROKES, "k": "three"}, 422, "k"),
+    ("/api/predict", {"strokes": STROKES, "k": 0}, 422, "k"),
+    ("/api/predict", {}, 422, "exactly one of 'strokes' or 'image'"),
+    ("/api/predict", {"strokes": STROKES, "image": b64(image_bytes("PNG"))}, 422, "exactly one"),
+    ("/api/predict", {"strokes": STROKES, "extra": 1}, 422, "extra"),
+    ("/api/predict", {"strokes": []}, 422, "strokes"),
+    ("/api/predict", {"strokes": [[[], []]]}, 400, "stroke 0 is empty"),
+    ("/api/predict", {"strokes": [[[1, 2], [1]]]}, 400, "2 x values but 1 y values"),
+    ("/api/predict", {"strokes": [[[1, 2], [1, 2]]] * 513}, 422, "strokes"),
+    ("/api/predict", ('{"strokes": [[[1, NaN], [1, 2]]]}', "application/json"), 422, "finite number"),
+    ("/api/predict", ('{"strokes": [[[1, Infinity], [1, 2]]]}', "application/json"), 422, "finite number"),
+    ("/api/predict", ('{"strokes": [[[1, 2], [1, 2]]', "application/json"), 400, "not valid JSON"),
+    ("/api/predict", ("[1, 2]", "application/json"), 400, "JSON object"),
+    ("/api/predict", ('"text"', "application/json"), 400, "JSON object"),
+    ("/api/predict", (json.dumps({"strokes": STROKES}), "text/plain"), 415, "application/json"),
+    ("/api/predict", (json.dumps({"strokes": STROKES}), None), 415, "application/json"),
+    ("/api/predict", ("strokes=1", "application/x-www-form-urlencoded"), 415, "application/json"),
+    ("/api/predict", ("--x\r\n\r\n--x--", "multipart/form-data; boundary=x"), 415, "application/json"),
+    ("/api/predict", ("x" * (17 * 1024 * 1024), "application/json"), 413, "large"),
+    ("/api/predict", {"image": "not base64!"}, 400, "base64"),
+    ("/api/predict", {"image": b64(b"\x89PNG\r\n\x1a\n broken")}, 400, "not a readable PNG or JPEG"),
+    ("/api/predict", {"image": b64(image_bytes("PNG")[:40])}, 400, "not a readable PNG or JPEG"),
+    ("/api/predict", {"image": b64(image_bytes("GIF"))}, 400, "unsupported image format"),
+    ("/api/predict", {"image": b64(image_bytes("PNG"))}, 400, "blank"),
+    ("/api/predict", {"image": "data:image/png;base64," + b64(b"../../etc/passwd")}, 400, "not a readable"),
+    ("/api/feedback", {**FEEDBACK, "label": "dog"}, 400, "unknown label 'dog'"),
+    ("/api/feedback", {**FEEDBACK, "label": 7}, 422, "label"),
+    ("/api/feedback", {**FEEDBACK, "label": ""}, 422, "label"),
+    ("/api/feedback", {**FEEDBACK, "label": "x" * 500}, 422, "label"),
+    ("/api/feedback", {**FEEDBACK, "predicted_label": "dog"}, 400, "unknown predicted_label"),
+    ("/api/feedback", {**FEEDBACK, "model_version": "1; rm -rf /"}, 422, "model_version"),
+    ("/api/feedback", {**FEEDBACK, "strokes": [[[1, 2], [1]]]}, 400, "1 y values"),
+    ("/api/feedback", {key: v for key, v in FEEDBACK.items() if key != "strokes"}, 422, "strokes"),
+    ("/api/feedback", {**FEEDBACK, "id": "../../x"}, 422, "id"),
+    ("/api/feedback", ("label=cat", "text/plain"), 415, "application/json"),
+    *[("/api/feedback", {**FEEDBACK, "label": trick}, 400, "unknown label") for trick in TRICKS],
+    *[("/api/feedback", {**FEEDBACK, "predicted_label": trick}, 400, "unknown predicted_label") for trick in TRICKS],
+    *[("/api/feedback", {**FEEDBACK, "model_version": trick}, 422, "model_version") for trick in TRICKS],
+]
+
+
+@pytest.fixture(scope="module")
+def served(logged_models, mlflow_url, tmp_path_factory):
+    """One app for the whole module (cases are many): a model in production, an empty feedback folder."""
+    from doodle_lib.settings import Settings
+    from webapp import create_app
+    from tests.webapp.serving import register
+
+    root = tmp_path_factory.mktemp("bad-input")
+    settings = Settings(MLFLOW_TRACKING_URI=mlflow_url, data_dir=root / "data", storage_dir=root / "storage",
+                        model_name="doodle-bad-input", model_poll_seconds=60)
+    register(settings, logged_models)
+    app = create_app({"SETTINGS": settings, "TESTING": True})
+    yield app, settings
+    app.extensions["model_holder"].stop()
+
+
+@pytest.fixture
+def client(served):
+    return served[0].test_client()
+
+
+@pytest.fixture
+def settings(served):
+    return served[1]
+
+
+@pytest.fixture
+def app(served):
+    return served[0]
+
+
+@pytest.mark.parametrize("path, body, status, words", CASES)
+def test_bad_request_is_refused_with_a_message(client, settings, path, body, status, words):
+    if isinstance(body, dict):
+        answer = client.post(path, json=body)
+    else:
+        data, content_type = body
+        answer = client.post(path, data=data, content_type=content_type)
+    assert answer.status_code == status, answer.get_data(as_text=True)[:300]
+    assert words in answer.json["error"]
+    assert not settings.feedback_dir.exists() or not any(settings.feedback_dir.rglob("*"))
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/api/predict", 405), ("PUT", "/api/feedback", 405),
+                                                  ("GET", "/api/../etc/passwd", 404), ("GET", "/nothing", 404)])
+def test_wrong_method_or_path_is_json(client, method, path, status):
+    answer = client.open(path, method=method)
+    assert answer.status_code == status and answer.json["error"]
+
+
+def test_schemathesis_negative_cases(app, settings):
+    """At least 2,000 generated requests that break the OpenAPI document: all 4xx with a message, no file."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings as hypothesis_settings
+    from schemathesis.generation.modes import GenerationMode
+
+    schema = schemathesis.openapi.from_wsgi("/openapi/openapi.json", app)
+    seen = {"count": 0, "statuses": set()}
+    for path in ("/api/predict", "/api/feedback"):
+        operation = schema[path]["POST"]
+
+        @hypothesis_settings(max_examples=1000, deadline=None, database=None,
+                             suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy(GenerationMode.NEGATIVE))
+        def check(case):
+            response = case.call()
+            seen["count"] += 1
+            seen["statuses"].add(response.status_code)
+            assert 400 <= response.status_code < 500, (case.body, response.text[:300])
+            assert response.json()["error"]
+
+        check()
+    assert seen["count"] >= 2000, seen
+    assert not settings.feedback_dir.exists() or not any(settings.feedback_dir.rglob("*"))
