@@ -99,3 +99,40 @@ def evaluate_version(settings: Settings, version: str | None = None):
         version = production.version
     model = tracking.load_version(settings, version)
     return version, training.evaluate(model, dataset.read_split(settings.evaluation_path))
+
+
+def load_train_config(params_file: Path, section: str = "train", **overrides):
+    """A TrainConfig from one section of a params file (params.yaml), with CLI overrides on top."""
+    import yaml
+
+    from doodle_lib.training import TrainConfig
+
+    values = yaml.safe_load(params_file.read_text()).get(section, {}) if params_file else {}
+    unknown = set(values) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{params_file}: unknown {section} parameters {sorted(unknown)}")
+    return TrainConfig(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def train_checkpoint(data_dir: Path, checkpoint: Path, config) -> None:
+    """Train from scratch on `data_dir`'s base data and write the checkpoint (the DVC pipeline's train stage)."""
+    from doodle_lib import atomic, training
+    from doodle_lib.model import checkpoint_bytes
+
+    split = dataset.read_split(data_dir / dataset.BASE_FILE)
+    model, _ = training.train(split, sorted(np.unique(split.y).tolist()), config)
+    atomic.write_bytes(checkpoint, checkpoint_bytes(model))
+
+
+def evaluate_checkpoint(checkpoint: Path, evaluation_path: Path, metrics_file: Path | None = None):
+    """Evaluate a checkpoint file on an evaluation set; optionally write the figures as JSON metrics."""
+    import json
+
+    from doodle_lib import atomic, training
+    from doodle_lib.model import load_checkpoint
+
+    result = training.evaluate(load_checkpoint(checkpoint), dataset.read_split(evaluation_path))
+    if metrics_file:
+        figures = {"accuracy": result.accuracy, "loss": result.loss, "per_class": result.per_class}
+        atomic.write_bytes(metrics_file, json.dumps(figures, indent=2, sort_keys=True).encode())
+    return result

@@ -47,14 +47,25 @@ def download(categories: str, max_per_category: int | None, base_url: str | None
               help="A Quick, Draw! folder (numpy_bitmap/...); default: the shipped sample.")
 @click.option("--categories", help="Comma-separated subset of the source's categories.")
 @click.option("--max-per-category", type=click.IntRange(min=2), help="Use only the first N drawings of each.")
+@click.option("--eval-per-category", type=click.IntRange(min=1), help="Drawings of each kept for evaluation.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Only write base.npz and evaluation.npz here (the DVC pipeline); no dataset version.")
 @click.option("--force", is_flag=True, help="Rebuild the base data and the evaluation set even if they exist.")
-def prepare(source: Path | None, categories: str | None, max_per_category: int | None, force: bool) -> None:
+def prepare(source, categories, max_per_category, eval_per_category, output_dir, force) -> None:
     """Build the training data and the fixed evaluation set, and version them with DVC."""
-    from doodle_lib import baseline
+    from doodle_lib import baseline, dataset
 
+    settings = get_settings()
+    if eval_per_category:
+        settings.eval_per_category = eval_per_category
     names = [c.strip() for c in categories.split(",")] if categories else None
     try:
-        click.echo(baseline.prepare(get_settings(), source, names, max_per_category, force))
+        if output_dir:
+            chosen = names or dataset.categories_in(source or settings.sample_dir)
+            dataset.build_base(source or settings.sample_dir, output_dir, output_dir / "evaluation.npz", chosen,
+                               settings.eval_per_category, max_per_category)
+        else:
+            click.echo(baseline.prepare(settings, source, names, max_per_category, force))
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
 
@@ -77,18 +88,31 @@ def checkout(model_version: str, dest: str | None) -> None:
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Channels of the first conv block.")
 @click.option("--seed", type=int, default=None)
+@click.option("--params-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Read the training configuration from the `train` section of this file (params.yaml).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --checkpoint: train on DIR/base.npz instead of the versioned dataset.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the model to this file instead of logging and registering it (the DVC pipeline).")
 @click.option("--dry-run", is_flag=True, help="One epoch on 100 drawings a category: checks the wiring in seconds.")
 @click.option("--promote", is_flag=True, help="Mark the new version as production.")
-def train(epochs, learning_rate, width, seed, dry_run, promote) -> None:
+def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint, dry_run, promote) -> None:
     """Train from scratch on the current dataset, log to MLflow and register a version."""
     from doodle_lib import baseline
-    from doodle_lib.training import TrainConfig
 
     settings = get_settings()
     overrides = {"epochs": epochs, "learning_rate": learning_rate, "width": width, "seed": seed}
-    config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None}, threads=settings.torch_threads)
+    try:
+        config = baseline.load_train_config(params_file, **overrides)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    config.threads = config.threads or settings.torch_threads
     if dry_run:
         config.epochs, config.limit_per_class = 1, 100
+    if checkpoint:
+        baseline.train_checkpoint(data_dir or settings.dataset_dir, checkpoint, config)
+        click.echo(checkpoint)
+        return
     try:
         result = baseline.train_base(settings, config, promote=promote, run_name="dry-run" if dry_run else "base")
     except FileNotFoundError as error:
@@ -99,12 +123,22 @@ def train(epochs, learning_rate, width, seed, dry_run, promote) -> None:
 
 @main.command()
 @click.option("--model-version", default=None, help="Registered version (default: production).")
-def evaluate(model_version: str | None) -> None:
-    """Evaluate a registered version on the fixed evaluation set."""
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Evaluate this model file instead of a registered version.")
+@click.option("--evaluation", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The evaluation set (default: the fixed one in the data dir).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures as JSON.")
+def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
+    """Evaluate a registered version (or a checkpoint file) on the fixed evaluation set."""
     from doodle_lib import baseline
 
+    settings = get_settings()
     try:
-        version, result = baseline.evaluate_version(get_settings(), model_version)
+        if checkpoint:
+            version = checkpoint.name
+            result = baseline.evaluate_checkpoint(checkpoint, evaluation or settings.evaluation_path, metrics_file)
+        else:
+            version, result = baseline.evaluate_version(settings, model_version)
     except (LookupError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"version {version}: accuracy {result.accuracy:.2%} on {result.count} drawings")
