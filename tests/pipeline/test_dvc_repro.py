@@ -31,7 +31,7 @@ def clone(tmp_path) -> Path:
     params["prepare"].update(max_per_category=300, eval_per_category=100)
     params["train"].update(epochs=2)
     (target / "params.yaml").write_text(yaml.safe_dump(params))
-    run("git", "commit", "-qam", "quick parameters", cwd=target)
+    run("git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qam", "quick parameters", cwd=target)
     return target
 
 
