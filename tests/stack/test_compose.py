@@ -6,6 +6,7 @@ import re
 import pytest
 
 from doodle_lib.settings import PROJECT_ROOT, Settings
+from tests.stack.services import MLFLOW_POSTGRES_DRIVER
 from tests.stack.files import (
     DESIGN, ENV_EXAMPLE, Dockerfile, MissingVariable, compose, env_file, environment, raw_compose, variables,
 )
@@ -210,7 +211,8 @@ def test_mlflow_gets_its_backend_store(services):
     needed = set(re.findall(r"\$\{(\w+):\?", dockerfile.all("CMD", -1)[0]))
     env = {**dockerfile.env(), **environment(services["mlflow"])}
     assert needed and needed <= env.keys()
-    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://mlflow:")
+    # The driver the live test (test_celery_scale_out.py) proves: the image has psycopg2, and MLflow 3.17 fails on psycopg 3.
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith(f"{MLFLOW_POSTGRES_DRIVER}://mlflow:")
     assert "mlflow:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(","), "other containers reach MLflow as mlflow:5000"
 
 
