@@ -47,11 +47,20 @@ def snapshot(settings: Settings, run_id: str, keys: list[str]) -> dict:
     batch = batch_name(run_id)
     folder = settings.batches_dir / batch
     refs = [feedback.DrawingRef.parse(key) for key in keys]
+    gone = [ref for ref in refs if not _anywhere(ref, settings.feedback_dir, folder)]
+    if gone:  # another run (the weekly DAG, say) took them first: they are in its batch, not lost
+        log.warning("snapshot: %d counted drawings were taken by another run: %s", len(gone), [r.key for r in gone])
+        refs = [ref for ref in refs if ref not in gone]
     feedback.move(refs, settings.feedback_dir, folder)
     atomic.write_bytes(folder / MANIFEST, json.dumps({"run_id": run_id, "keys": [r.key for r in refs]}).encode())
     log.info("snapshot: %d drawings moved to %s", len(refs), folder)
     emit_stats(gauges={"snapshot_drawings": len(refs)})
     return {"batch": batch, "count": len(refs)}
+
+
+def _anywhere(ref: feedback.DrawingRef, *folders: Path) -> bool:
+    """Whether any file of the drawing is in one of the folders (a half-finished move counts)."""
+    return any((f / ref.category / f"{ref.id}{suffix}").exists() for f in folders for suffix in (".png", ".json"))
 
 
 def batch_keys(settings: Settings, batch: str) -> list[str]:

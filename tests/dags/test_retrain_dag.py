@@ -97,3 +97,17 @@ def test_retried_snapshot_takes_exactly_the_counted_drawings(dagbag, retrain_wor
     assert set(states.values()) == {"success"}
     assert sorted(world.dataset_keys(settings)) == sorted(counted)
     assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(late)
+
+
+def test_weekly_retrain_from_scratch_takes_what_waits_and_the_gate_still_decides(dagbag, retrain_world):
+    settings = retrain_world
+    before = tracking.production_version(settings).version
+    keys = world.save_feedback(settings, 12)
+
+    run, states = run_dag(dagbag.get_dag("retrain_from_scratch"), epochs=1)  # one epoch: a weak candidate
+
+    assert set(states.values()) == {"success"}
+    assert sorted(world.dataset_keys(settings)) == sorted(keys)
+    [candidate] = [tags for tags in versions(settings).values() if tags.get("airflow_run_id") == run.run_id]
+    assert candidate["kind"] == "scratch" and candidate["promoted"] == "false"
+    assert tracking.production_version(settings).version == before

@@ -23,6 +23,7 @@ def prepare_base(settings: Settings) -> str:
     """Base data, evaluation set and the first DVC version in settings' folders; returns the hash."""
     from doodle_lib import baseline
 
+    settings = settings.model_copy(update={"eval_per_category": EVAL_PER_CATEGORY})  # the split the cached model saw
     return baseline.prepare(settings, max_per_category=MAX_PER_CATEGORY, force=True)
 
 

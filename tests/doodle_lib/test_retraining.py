@@ -50,6 +50,13 @@ def test_snapshot_moves_exactly_the_counted_drawings_and_a_retry_is_a_no_op(loca
     assert retraining.batch_keys(local, "run-1") == counted
 
 
+def test_snapshot_leaves_out_drawings_another_run_took_first(local):
+    counted = save(local, 4)
+    feedback.move([feedback.DrawingRef.parse(counted[0])], local.feedback_dir, local.batches_dir / "weekly")
+    assert retraining.snapshot(local, "run-2", counted)["count"] == 3
+    assert retraining.batch_keys(local, "run-2") == counted[1:]
+
+
 def test_ingest_keeps_good_drawings_rerenders_a_broken_png_and_sets_bad_ones_aside(local):
     keys = save(local, 5)
     retraining.snapshot(local, "run-1", keys)
