@@ -169,3 +169,15 @@ def clear_task(dag_id: str, run_id: str, task_id: str) -> None:
             select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id)
         ).all()
         clear_task_instances(tis, session)
+
+
+def api_get(url: str, path: str) -> dict:
+    """GET a REST API v2 path with a token from the all-admins simple auth manager (tests only)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/auth/token", timeout=10) as response:
+        token = json.load(response)["access_token"]
+    request = urllib.request.Request(f"{url}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)

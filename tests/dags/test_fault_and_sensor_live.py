@@ -4,6 +4,7 @@ task is cleared and runs again, and no drawing is lost or counted twice. Airflow
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -29,7 +30,7 @@ def training_started(settings, run_id: str) -> bool:
 def test_killed_train_task_is_cleared_and_reruns_without_losing_or_doubling_drawings(retrain_world, airflow_db, tmp_path):
     settings = retrain_world
     extra = {"DOODLE_FEEDBACK_THRESHOLD": str(THRESHOLD), "DOODLE_FINE_TUNE_EPOCHS": "12", "DOODLE_FEEDBACK_POLL_SECONDS": "1"}
-    with stack.statsd_listener() as (statsd_port, metrics), stack.airflow_stack(tmp_path / "logs", statsd_port, extra):
+    with stack.statsd_listener() as (statsd_port, metrics), stack.airflow_stack(tmp_path / "logs", statsd_port, extra) as api:
         stack.set_paused("retrain", False)  # @continuous: the scheduler starts a run at once
         sensor = stack.wait_until(
             lambda: next((ti for ti in stack.task_instances("retrain") if ti.task_id == "wait_for_feedback" and ti.state == "deferred"), None),
@@ -56,6 +57,8 @@ def test_killed_train_task_is_cleared_and_reruns_without_losing_or_doubling_draw
         stack.wait_until(lambda: stack.run_state("retrain", run_id) in ("success", "failed"), 300, "the run finished", every=0.5)
         stack.set_paused("retrain", True)
         states = {ti.task_id: ti.state for ti in stack.task_instances("retrain", run_id)}
+        links = {task: stack.api_get(api, f"/api/v2/dags/retrain/dagRuns/{run_id}/taskInstances/{task}/links")["extra_links"]
+                 for task in ("train", "register")}
         train_tries = stack.task_state("retrain", run_id, "train").try_number
 
     assert stack.run_state("retrain", run_id) == "success", states
@@ -70,6 +73,9 @@ def test_killed_train_task_is_cleared_and_reruns_without_losing_or_doubling_draw
     assert len(registered) == 1
     statuses = sorted(run.info.status for run in mlflow_runs(settings, run_id))
     assert statuses == ["FINISHED", "KILLED"]
+    # The UI's extra links lead to the MLflow run and the model version.
+    assert re.fullmatch(rf"{settings.tracking_uri}/#/experiments/\d+/runs/\w+", links["train"]["MLflow"]), links
+    assert links["register"]["MLflow"] == f"{settings.tracking_uri}/#/models/{settings.model_name}/versions/{registered[0].version}"
     # Airflow's own metrics and the pipeline's figures went to statsd.
     names = {line.split(":")[0] for line in metrics}
     assert "airflow.doodle.retrain.feedback_consumed" in names and "airflow.doodle.retrain.candidate_eval_accuracy" in names
