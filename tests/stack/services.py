@@ -350,14 +350,14 @@ def airflow_cluster(env: dict[str, str], logs: Path, api_url: str) -> Iterator[A
 
 
 @contextmanager
-def prometheus_server(config: dict, root: Path) -> Iterator[str]:
-    """A real Prometheus with `config` (written as YAML) on a free loopback port; yields its URL."""
+def prometheus_server(config: dict, root: Path, port: int | None = None) -> Iterator[str]:
+    """A real Prometheus with `config` (written as YAML) on a loopback port (a free one by default); yields its URL."""
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
     path = root / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
+    port = port or free_port()
     command = [
         system_binary("prometheus", "prometheus"), f"--config.file={path}", f"--storage.tsdb.path={root / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",

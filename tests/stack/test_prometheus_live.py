@@ -1,0 +1,259 @@
+"""A real Prometheus scrapes the real web app (gunicorn, two workers, a model from a real MLflow registry) under
+generated traffic, and every Grafana panel's query returns data.
+
+The queries come from monitoring/grafana/dashboards/*.json (no hand-kept list); the Prometheus configuration is
+monitoring/prometheus/prometheus.yml with its targets moved to loopback and a fast scrape interval, its alert
+rules included. The Pipeline dashboard reads Airflow's statsd metrics through statsd-exporter, which no Debian,
+PyPI or npm package ships: its panels are reported as skipped, not silently left out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from doodle_lib import tracking
+from tests.conftest import CATEGORIES, SAMPLE, fixture_drawings
+from tests.stack.files import MONITORING
+from tests.stack.services import node_exporter, prometheus_server, wait_until
+from tests.stack.test_grafana import DASHBOARDS, SOURCES, queries
+from tests.webapp.serving import app_env, gunicorn_app, log_models, register
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+SCRAPE_INTERVAL = "1s"
+ROUNDS = 4  # traffic rounds, each seen by several scrapes, so every rate() has increases to measure
+# Grafana's built-in variables as it would fill them for a "last hour" view of this Prometheus.
+GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h", "__range_s": "3600", "__interval_ms": "15000"}
+NO_EXPORTER = "statsd-exporter (Airflow's statsd metrics) has no Debian, PyPI or npm package: these panels cannot get data here"
+
+
+def dashboard_params():
+    params = []
+    for path in DASHBOARDS:
+        title = json.loads(path.read_text())["title"].split(" / ")[-1]
+        marks = [pytest.mark.skip(reason=NO_EXPORTER)] if SOURCES[title].startswith("airflow") else []
+        params.append(pytest.param(path, id=title, marks=marks))
+    return params
+
+
+def grafana_expr(expr: str, dashboard: dict) -> str:
+    """The query Grafana sends: built-in and dashboard variables replaced ($x, ${x}, [[x]])."""
+    values = dict(GRAFANA_BUILTINS)
+    for variable in (dashboard.get("templating") or {}).get("list", []):
+        current = (variable.get("current") or {}).get("value")
+        if isinstance(current, list):
+            current = "|".join(current)
+        values[variable["name"]] = ".*" if current in (None, "", "$__all") else str(current)
+    for name in sorted(values, key=len, reverse=True):
+        expr = re.sub(r"\$\{%s(?::\w+)?\}|\[\[%s\]\]|\$%s\b" % ((re.escape(name),) * 3), values[name], expr)
+    assert "$" not in expr, f"a variable is left in {expr}"
+    return expr
+
+
+def scrape_config(targets: dict[str, str], prometheus: str) -> tuple[dict, list[str]]:
+    """monitoring/prometheus/prometheus.yml with each job's target on loopback; jobs with nothing to scrape here are
+    dropped and named."""
+    config = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL)
+    config["rule_files"] = [str(MONITORING / "prometheus" / name) for name in config.get("rule_files", [])]
+    kept, dropped = [], []
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        target = prometheus if name == "prometheus" else targets.get(name)
+        if target is None:
+            dropped.append(name)
+            continue
+        job.pop("scrape_interval", None)
+        job["static_configs"] = [{"targets": [target]}]
+        kept.append(job)
+    config["scrape_configs"] = kept
+    return config, dropped
+
+
+def post(url: str, body, content_type: str = "application/json") -> int:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def traffic_round(app: str, drawings: list, rng: np.random.Generator) -> dict[int, int]:
+    """Predictions, confirmations and corrections, page and probe hits, and bad requests; returns status counts."""
+    statuses: dict[int, int] = {}
+
+    def count(status: int) -> None:
+        statuses[status] = statuses.get(status, 0) + 1
+
+    for index in rng.choice(len(drawings), 12, replace=False):
+        label, strokes = drawings[index]
+        request = urllib.request.Request(
+            f"{app}/api/predict", data=json.dumps({"strokes": strokes}).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        count(200)
+        predicted, version = answer["predictions"][0]["label"], answer["model_version"]
+        wrong = str(rng.choice([c for c in CATEGORIES if c != predicted]))
+        for said in (predicted, wrong):  # one confirmation, one correction of every prediction
+            count(post(f"{app}/api/feedback", {"strokes": strokes, "label": said, "predicted_label": predicted, "model_version": version}))
+    for path in ("/", "/healthz", "/readyz", "/api/model"):
+        count(get(f"{app}{path}"))
+    bad = [
+        ("/api/predict", b"strokes", "text/plain"),  # 415
+        ("/api/predict", b"{not json", "application/json"),  # 400
+        ("/api/predict", {"strokes": [[[1, 2], [3]]], "k": 0}, "application/json"),  # 422
+        ("/api/feedback", {"strokes": drawings[0][1], "label": "../etc"}, "application/json"),  # 400 / 422
+    ]
+    for path, body, content_type in bad:
+        count(post(f"{app}{path}", body, content_type))
+    count(get(f"{app}/api/no-such-endpoint"))  # 404
+    return statuses
+
+
+def query(prometheus: str, expr: str) -> list[dict]:
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=30) as response:
+        answer = json.load(response)
+    assert answer["status"] == "success", answer
+    result = answer["data"]["result"]
+    return result if answer["data"]["resultType"] == "vector" else [{"metric": {}, "value": result}]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, mlflow_url):
+    """The web app under traffic, node-exporter and Prometheus scraping them; yields (prometheus URL, dropped jobs)."""
+    from doodle_lib.dataset import Split, load_bitmaps
+    from doodle_lib.settings import Settings
+    from doodle_lib.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("prometheus-live")
+    settings = Settings(data_dir=root / "data", storage_dir=root / "storage", MLFLOW_TRACKING_URI=mlflow_url,
+                        model_name=f"doodle-{root.name}")
+    x = np.concatenate([load_bitmaps(SAMPLE, c)[:200] for c in CATEGORIES])
+    split = Split(x, np.repeat(CATEGORIES, 200))
+    models = [train(split, CATEGORIES, TrainConfig(epochs=1, seed=seed, width=8, threads=2))[0] for seed in (0, 1)]
+    first, second = register(settings, log_models(settings, models))
+    drawings = [(category, strokes) for category, _, strokes in fixture_drawings()]
+
+    with ExitStack() as services:
+        app = services.enter_context(gunicorn_app(app_env(settings, poll_seconds=0.5), root))
+        node = services.enter_context(node_exporter(root))
+        targets = {"webapp": app.removeprefix("http://"), "node": node}
+        from tests.services import free_port
+
+        port = free_port()
+        config, dropped = scrape_config(targets, f"127.0.0.1:{port}")
+        prometheus = services.enter_context(prometheus_server(config, root / "prometheus", port=port))
+
+        def all_up() -> bool:
+            with urllib.request.urlopen(f"{prometheus}/api/v1/targets", timeout=10) as response:
+                active = json.load(response)["data"]["activeTargets"]
+            return len(active) == len(config["scrape_configs"]) and all(t["health"] == "up" for t in active)
+
+        wait_until(all_up, 60, "Prometheus scrapes every target")
+        rng = np.random.default_rng(0)
+        statuses: dict[int, int] = {}
+        for round_number in range(ROUNDS):
+            if round_number == ROUNDS // 2:  # a promotion mid-traffic: both workers reload, the version changes
+                tracking.set_production(settings, second)
+                wait_until(lambda: served_versions(prometheus) == {second}, 60, f"every worker serving version {second}")
+            for status, n in traffic_round(app, drawings, rng).items():
+                statuses[status] = statuses.get(status, 0) + n
+            time.sleep(3)  # a few scrapes between rounds
+        assert {200, 201, 400, 404, 415, 422} <= statuses.keys(), statuses
+        yield prometheus, dropped, (first, second)
+
+
+def served_versions(prometheus: str) -> set[str]:
+    """The versions the web app's workers report serving, as Prometheus last scraped them."""
+    return {sample["value"][1] for sample in query(prometheus, "doodle_serving_model_version")}
+
+
+def test_every_target_of_the_generated_config_is_scraped_and_only_airflow_and_mlflow_are_left_out(live):
+    _, dropped, _ = live
+    # statsd-exporter has no package here; the test MLflow server runs without --expose-prometheus.
+    assert sorted(dropped) == ["airflow", "mlflow"]
+
+
+def test_the_alert_rules_load_and_evaluate_on_the_real_metrics(live):
+    prometheus, _, _ = live
+    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as response:
+        groups = json.load(response)["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    expected = [rule for group in yaml.safe_load((MONITORING / "prometheus" / "alerts.yml").read_text())["groups"]
+                for rule in group["rules"]]
+    assert len(rules) == len(expected)
+    wait_until(lambda: all(r.get("lastEvaluation", "").startswith("2") and r["health"] == "ok" for r in rows(prometheus)),
+               30, "every alert rule evaluated without error")
+
+
+def rows(prometheus: str) -> list[dict]:
+    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as response:
+        return [rule for group in json.load(response)["data"]["groups"] for rule in group["rules"]]
+
+
+@pytest.mark.parametrize("path", dashboard_params())
+def test_every_panel_query_returns_data(live, path: Path):
+    prometheus, _, versions = live
+    dashboard = json.loads(path.read_text())
+    empty, not_numbers = [], []
+    for title, expr in queries(dashboard):
+        result = query(prometheus, grafana_expr(expr, dashboard))
+        values = [float(sample["value"][1]) for sample in result]
+        if not values:
+            empty.append(f"{title}: {expr}")
+        elif not any(math.isfinite(v) for v in values):
+            not_numbers.append(f"{title}: {expr} -> {values}")
+    assert not empty, "panels whose query returns no data:\n" + "\n".join(empty)
+    assert not not_numbers, "panels whose query returns only NaN/Inf:\n" + "\n".join(not_numbers)
+
+
+def test_the_serving_panels_show_the_traffic_that_was_sent(live):
+    prometheus, _, (first, second) = live
+    by_status = {s["metric"]["status"]: float(s["value"][1]) for s in query(prometheus, "sum by (status) (flask_http_request_total)")}
+    assert {"200", "201", "400", "404", "415", "422"} <= by_status.keys(), by_status
+    assert served_versions(prometheus) == {second}
+    confidence = {s["metric"]["model_version"] for s in query(prometheus, "sum by (model_version) (doodle_prediction_confidence_count)")}
+    assert confidence == {first, second}
+    reloads = {s["metric"]["result"]: float(s["value"][1]) for s in query(prometheus, "sum by (result) (doodle_model_reloads_total)")}
+    assert reloads.get("success", 0) >= 2, reloads  # each of the two workers loaded the promoted version
+    corrections = query(prometheus, 'sum(doodle_feedback_total{kind="correction"})')
+    confirmations = query(prometheus, 'sum(doodle_feedback_total{kind="confirmed"})')
+    assert float(corrections[0]["value"][1]) == float(confirmations[0]["value"][1]) == 12 * ROUNDS
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "webapp/metrics.py creates doodle_model_reloads_total{result=...} at a worker's first reload, so Prometheus never "
+    "sees it at 0 and increase() misses that load (0 or 1 of the 2): create both result labels at 0 in init_app"
+))
+def test_the_model_loads_panel_counts_the_promotion(live):
+    """Both workers loaded the promoted version: the panel must count two loads, not the one or none it can see."""
+    prometheus, _, _ = live
+    [dashboard] = [json.loads(p.read_text()) for p in DASHBOARDS if json.loads(p.read_text())["title"].endswith("Model quality")]
+    [expr] = [expr for title, expr in queries(dashboard) if title == "Model loads by result"]
+    loads = {s["metric"].get("result"): float(s["value"][1]) for s in query(prometheus, grafana_expr(expr, dashboard))}
+    assert loads.get("success", 0) >= 1.5, loads
