@@ -1,5 +1,5 @@
 """
-### Weekly retrain from scratch
+### Weekly retrain from scratch (Sundays 03:00 UTC)
 
 `take_waiting` -> `snapshot` -> `ingest` -> `version` -> `train` (from scratch) -> `evaluate` -> `register` -> `promote` -> `cleanup`
 
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 from mlflow_link import mlflow_task
 
 from doodle_lib.settings import get_settings
@@ -24,8 +23,8 @@ SETTINGS = get_settings()
 
 
 @dag(
-    schedule="@weekly",
-    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    # Sundays 03:00 UTC; no start date, so a new deployment waits for the next Sunday instead of retraining at once.
+    schedule=CronTriggerTimetable("0 3 * * 0", timezone="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["doodle", "retraining", "scheduled"],

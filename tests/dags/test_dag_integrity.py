@@ -52,3 +52,17 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "heavy": [m for m in 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
     assert result["seconds"] < 0.5, result
+
+
+def test_a_new_deployment_waits_for_the_weekly_slot_instead_of_retraining_at_once(dagbag):
+    from datetime import datetime, timezone
+
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dagbag.get_dag("retrain_from_scratch")))
+    first = dag.timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False)
+    )
+    assert first.run_after > datetime.now(timezone.utc)
+    assert first.run_after.weekday() == 6 and first.run_after.hour == 3  # Sunday 03:00 UTC
