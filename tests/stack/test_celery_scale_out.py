@@ -65,6 +65,9 @@ class AirflowApi:
     def set_paused(self, dag_id: str, paused: bool) -> dict:
         return self.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
 
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+
     def run(self, dag_id: str, run_id: str) -> dict:
         return self.call("GET", self.run_path(dag_id, run_id))
 
@@ -160,7 +163,13 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
             "the triggered run to finish", log=logs / "scheduler.log",
         )
         recovery_seconds = time.monotonic() - killed_at
+        # The schedule goes on with one worker: the next @continuous run waits for feedback in the triggerer.
+        waiting = wait_until(lambda: next((
+            ti for other in api.runs("retrain") if other["dag_run_id"] != run_id
+            for ti in [api.task_instances("retrain", other["dag_run_id"]).get("wait_for_feedback")]
+            if ti and ti["state"] == "deferred"), None), 120, "the next scheduled run's sensor deferred")
         api.set_paused("retrain", True)
+        assert waiting["hostname"] == survivor
         instances = api.task_instances("retrain", run_id)
         train_tries = api.tries("retrain", run_id, "train")
 

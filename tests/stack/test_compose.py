@@ -236,3 +236,14 @@ def test_in_stack_addresses_name_real_services(services):
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__METRICS__STATSD_HOST"):
         host = re.sub(r"^\w[\w+]*://([^@/]*@)?", "", env[key]).split(":")[0].split("/")[0]
         assert host in services, f"{key} points at {host}, which is no service"
+
+
+def test_the_live_scale_out_test_runs_the_executor_database_and_broker_keys_compose_sets(services):
+    """tests/stack/test_celery_scale_out.py configures Airflow with celery_environment: the same keys as compose."""
+    from tests.stack.services import celery_environment
+
+    compose_keys = {
+        key for key in environment(services["airflow-scheduler"])
+        if key == "AIRFLOW__CORE__EXECUTOR" or key.startswith(("AIRFLOW__CELERY__", "AIRFLOW__DATABASE__"))
+    }
+    assert set(celery_environment("db", "backend", "broker")) == compose_keys
