@@ -32,7 +32,7 @@ COUNTED = THRESHOLD + 4  # the sensor hands on every complete drawing once at le
 LATE = 5  # drawings that arrive while the run trains: they must wait for the next run
 EPOCHS = 40  # long enough to kill the train task in the middle, short enough to run it twice
 WORKERS = ("doodle-worker-1", "doodle-worker-2")
-HEARTBEAT_TIMEOUT = 20  # seconds without a heartbeat before the scheduler fails a task (default 300)
+HEARTBEAT_TIMEOUT = 30  # seconds without a heartbeat before the scheduler fails a task (default 300)
 RUN_TIMEOUT = 420
 
 
@@ -200,6 +200,10 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
         with psycopg2.connect(postgres.url("mlflow", mlflow_password, "mlflow")) as connection, connection.cursor() as cursor:
             cursor.execute("SELECT version FROM model_versions WHERE name = %s", [settings.model_name])
             assert str(registered.version) in {str(row[0]) for row in cursor.fetchall()}
+        # Celery kept its task results in Airflow's PostgreSQL database (the result backend compose configures).
+        with psycopg2.connect(postgres.url("airflow", airflow_password, "airflow")) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")
+            assert cursor.fetchone()[0] >= len(instances)
 
         # Nothing lost, nothing counted twice: each drawing is in exactly one dataset batch, or still waits.
         in_dataset = world.dataset_keys(settings)
