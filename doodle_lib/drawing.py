@@ -25,6 +25,39 @@ class DrawingError(ValueError):
 
 def validate_strokes(strokes: object) -> Strokes:
     """Check strokes in the Quick, Draw! format ([[xs], [ys], optional [ts]] each) and return them as float arrays."""
+    parsed = _parse_plain(strokes)
+    return parsed if parsed is not None else _validate_one_by_one(strokes)
+
+
+def _parse_plain(strokes: object) -> Strokes | None:
+    """The common case in a few calls: plain lists of int and float, all within limits; None for anything else."""
+    if type(strokes) is not list or not 0 < len(strokes) <= MAX_STROKES:
+        return None
+    xs_all: list = []
+    ys_all: list = []
+    ends = []
+    for stroke in strokes:
+        if type(stroke) is not list or len(stroke) not in (2, 3):
+            return None
+        xs, ys = stroke[0], stroke[1]
+        if type(xs) is not list or type(ys) is not list or len(xs) != len(ys) or not xs:
+            return None
+        xs_all += xs
+        ys_all += ys
+        ends.append(len(xs_all))
+    if len(xs_all) > MAX_POINTS or not {*map(type, xs_all), *map(type, ys_all)} <= {int, float}:
+        return None
+    try:
+        coordinates = np.array([xs_all, ys_all], dtype=np.float64)
+    except OverflowError:  # an int beyond float: let the careful path report it as before
+        return None
+    if not np.abs(coordinates).max() <= MAX_ABS_COORDINATE:  # NaN compares false too
+        return None
+    return [(coordinates[0, a:b], coordinates[1, a:b]) for a, b in zip([0, *ends[:-1]], ends)]
+
+
+def _validate_one_by_one(strokes: object) -> Strokes:
+    """Stroke by stroke, axis by axis: the first problem found is the one the DrawingError names."""
     if not isinstance(strokes, Sequence) or isinstance(strokes, (str, bytes)):
         raise DrawingError("strokes must be a list of strokes, each [[xs], [ys]]")
     if len(strokes) == 0:
@@ -80,13 +113,16 @@ def render(strokes: Strokes) -> np.ndarray:
     ctx.set_source_rgb(0, 0, 0)
     ctx.paint()
     # Centre on the shorter axis: Google offsets by half the room left below 256 on each axis.
-    extent = np.max([[xs.max(), ys.max()] for xs, ys in strokes], axis=0)
-    dx, dy = (BOX - extent) / 2
+    dx = (BOX - max(xs.max() for xs, _ in strokes)) / 2
+    dy = (BOX - max(ys.max() for _, ys in strokes)) / 2
     ctx.set_source_rgb(1, 1, 1)
+    line_to = ctx.line_to
     for xs, ys in strokes:
-        ctx.move_to(xs[0] + dx, ys[0] + dy)
-        for x, y in zip(xs, ys):
-            ctx.line_to(x + dx, y + dy)
+        # Shifted as arrays, passed as Python floats: the same doubles, a fraction of the per-point cost.
+        px, py = (xs + dx).tolist(), (ys + dy).tolist()
+        ctx.move_to(px[0], py[0])
+        for x, y in zip(px, py):  # from the first point again: a one-point stroke is a dot
+            line_to(x, y)
         ctx.stroke()
     surface.flush()
     pixels = np.frombuffer(surface.get_data(), dtype=np.uint8).reshape(SIDE, surface.get_stride())
@@ -95,57 +131,95 @@ def render(strokes: Strokes) -> np.ndarray:
 
 def simplify(strokes: Strokes) -> Strokes:
     """Normalise raw strokes the way Google simplified its data: align, scale to 0..255, resample, RDP."""
-    points = np.concatenate([np.stack([xs, ys], axis=1) for xs, ys in strokes])
-    low = points.min(axis=0)
-    extent = float((points.max(axis=0) - low).max())
+    sizes = np.array([len(xs) for xs, _ in strokes])
+    x = np.concatenate([xs for xs, _ in strokes])
+    y = np.concatenate([ys for _, ys in strokes])
+    low_x, low_y = x.min(), y.min()
+    extent = float(max(x.max() - low_x, y.max() - low_y))
     factor = 255.0 / extent if extent > 0 else 1.0
-    simplified: Strokes = []
-    for xs, ys in strokes:
-        line = (np.stack([xs, ys], axis=1) - low) * factor
-        line = _rdp(_resample(line, RESAMPLE_SPACING), RDP_EPSILON)
-        line = np.round(line)
-        simplified.append((line[:, 0], line[:, 1]))
-    return simplified
+    if factor == math.inf:  # an extent below 1e-306 units: a dot, not an overflow to NaN
+        factor = 1.0
+    x, y, ends = _resample((x - low_x) * factor, (y - low_y) * factor, sizes)
+    keep = _rdp(x, y, ends, RDP_EPSILON)
+    x, y = np.round(x[keep]), np.round(y[keep])
+    bounds = np.cumsum(keep)[ends].tolist()  # one past each stroke's last kept point
+    return [(x[a:b], y[a:b]) for a, b in zip([0, *bounds[:-1]], bounds)]
 
 
-def _resample(line: np.ndarray, spacing: float) -> np.ndarray:
-    """Points every `spacing` units along the polyline, keeping both ends."""
-    if len(line) < 2:
-        return line
-    lengths = np.hypot(*np.diff(line, axis=0).T)
-    distance = np.concatenate([[0.0], np.cumsum(lengths)])
-    if distance[-1] == 0:
-        return line[:1]
-    steps = np.arange(0.0, distance[-1], spacing)
-    samples = np.append(steps, distance[-1])
-    return np.stack([np.interp(samples, distance, line[:, k]) for k in (0, 1)], axis=1)
+# Both steps below work on all strokes at once (a few numpy calls per drawing, not per stroke or per split)
+# and compute every value with the same floating-point operations as the stroke-by-stroke reference in
+# tests/doodle_lib/test_drawing.py (np.interp's formula, math.hypot for a chord), so the output is identical.
 
 
-def _rdp(line: np.ndarray, epsilon: float) -> np.ndarray:
-    """Ramer-Douglas-Peucker simplification, iterative so long strokes cannot overflow the stack."""
-    if len(line) < 3:
-        return line
-    keep = np.zeros(len(line), dtype=bool)
-    keep[[0, -1]] = True
-    pending = [(0, len(line) - 1)]
-    while pending:
-        first, last = pending.pop()
-        if last - first < 2:
-            continue
-        start, end = line[first], line[last]
-        inner = line[first + 1 : last]
-        chord = end - start
-        norm = math.hypot(*chord)
-        if norm == 0:
-            distances = np.hypot(*(inner - start).T)
+def _resample(x: np.ndarray, y: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points every unit along each stroke, keeping both ends; returns x, y and each stroke's last index."""
+    assert RESAMPLE_SPACING == 1.0  # the samples are the integers 0, 1, ... below each stroke's length
+    starts = np.cumsum(sizes) - sizes
+    lasts = starts + sizes - 1
+    lengths = np.hypot(np.diff(x), np.diff(y))
+    distance = np.zeros(len(x))  # along its own stroke, summed in stroke order like np.cumsum of the stroke
+    for start, last in zip(starts.tolist(), lasts.tolist()):
+        if last > start:
+            np.cumsum(lengths[start:last], out=distance[start + 1 : last + 1])
+    # Sample k lies on segment i (points i, i+1) when distance[i] <= k < distance[i+1]: ceil(d_i) <= k < ceil(d_i+1).
+    up = np.ceil(distance)
+    counts = (up[1:] - up[:-1]).astype(np.intp)
+    counts[lasts[:-1]] = 0  # no segment from one stroke's last point to the next stroke's first
+    segment = np.repeat(np.arange(len(counts)), counts)
+    k = np.arange(len(segment)) - np.repeat(np.cumsum(counts) - counts - up[:-1], counts)
+    low = distance[segment]
+    run = distance[segment + 1] - low
+    on_point = k == low  # np.interp returns the point itself there
+    along = k - low
+    x0, y0 = x[segment], y[segment]
+    inner_x = np.where(on_point, x0, (x[segment + 1] - x0) / run * along + x0)
+    inner_y = np.where(on_point, y0, (y[segment + 1] - y0) / run * along + y0)
+    # Each stroke: its inner samples, then its last point (its first when it has no length: a dot).
+    per_stroke = up[lasts].astype(np.intp) + 1
+    ends = np.cumsum(per_stroke) - 1
+    ending = np.where(distance[lasts] > 0, lasts, starts)
+    sample = np.ones(len(segment) + len(ends), dtype=bool)
+    sample[ends] = False
+    out_x, out_y = np.empty(len(sample)), np.empty(len(sample))
+    out_x[sample], out_y[sample] = inner_x, inner_y
+    out_x[ends], out_y[ends] = x[ending], y[ending]
+    return out_x, out_y, ends
+
+
+def _rdp(x: np.ndarray, y: np.ndarray, ends: np.ndarray, epsilon: float) -> np.ndarray:
+    """Ramer-Douglas-Peucker on every stroke at once, one level of splits per pass; the mask of kept points."""
+    keep = np.zeros(len(x), dtype=bool)
+    first, last = np.concatenate([[0], ends[:-1] + 1]), ends
+    keep[first] = keep[last] = True
+    wide = last - first >= 2
+    first, last = first[wide], last[wide]
+    while len(first):
+        counts = last - first - 1
+        offsets = np.cumsum(counts) - counts
+        inner = np.arange(offsets[-1] + counts[-1]) + np.repeat(first + 1 - offsets, counts)
+        sx, sy = x[first], y[first]
+        cx, cy = x[last] - sx, y[last] - sy
+        norm = [math.hypot(a, b) for a, b in zip(cx.tolist(), cy.tolist())]
+        # Per inner point: its segment's start, chord and chord length (one gather for all five).
+        sx, sy, cx, cy, spread = np.repeat(np.array([sx, sy, cx, cy, norm]), counts, axis=1)
+        ax, ay = x[inner] - sx, y[inner] - sy
+        if 0.0 in norm:  # a loop back to its start: distances to the start point there
+            closed = spread == 0
+            spread[closed] = 1.0
+            distances = np.abs(cx * ay - cy * ax) / spread
+            distances[closed] = np.hypot(ax[closed], ay[closed])
         else:
-            distances = np.abs(chord[0] * (inner[:, 1] - start[1]) - chord[1] * (inner[:, 0] - start[0])) / norm
-        index = int(np.argmax(distances))
-        if distances[index] > epsilon:
-            split = first + 1 + index
-            keep[split] = True
-            pending += [(first, split), (split, last)]
-    return line[keep]
+            distances = np.abs(cx * ay - cy * ax) / spread
+        farthest = np.maximum.reduceat(distances, offsets)
+        # The first point at the maximum of each segment (np.argmax's choice among equals).
+        at_max = np.flatnonzero(distances == np.repeat(farthest, counts))
+        far = farthest > epsilon
+        split = inner[at_max[np.searchsorted(at_max, offsets[far])]]
+        keep[split] = True
+        first, last = np.concatenate([first[far], split]), np.concatenate([split, last[far]])
+        wide = last - first >= 2
+        first, last = first[wide], last[wide]
+    return keep
 
 
 def strokes_to_bitmap(strokes: object, *, raw: bool = True) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from doodle_lib import dataset, tracking
 from doodle_lib.drawing import strokes_to_bitmap
-from doodle_lib.model import DoodleCNN, predict_proba
+from doodle_lib.model import DoodleCNN, predict_one
 from doodle_lib.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Served:
 
     def predict(self, bitmap: np.ndarray) -> np.ndarray:
         """Class probabilities of one 28x28 bitmap."""
-        return predict_proba(self.model, bitmap[None])[0]
+        return predict_one(self.model, bitmap)
 
 
 class ModelHolder:

@@ -3,9 +3,15 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from doodle_lib import drawing
 from doodle_lib.dataset import load_bitmaps
-from doodle_lib.drawing import MAX_POINTS, MAX_STROKES, DrawingError, render, strokes_to_bitmap, validate_strokes
+from doodle_lib.drawing import (
+    MAX_POINTS, MAX_STROKES, DrawingError, render, simplify, strokes_to_bitmap, validate_strokes,
+)
 from tests.conftest import SAMPLE, fixture_drawings
 
 DRAWINGS = fixture_drawings()
@@ -88,3 +94,99 @@ def test_a_single_dot_renders_at_the_centre():
 def test_bad_drawings_get_a_clear_error(strokes, message):
     with pytest.raises(DrawingError, match=message):
         strokes_to_bitmap(strokes)
+
+
+# The straightforward implementation simplify() replaced (stroke by stroke: np.interp, a stack-based RDP);
+# the fast one must give the very same points, so the model sees exactly what it saw before.
+
+
+def reference_simplify(strokes):
+    points = np.concatenate([np.stack([xs, ys], axis=1) for xs, ys in strokes])
+    low = points.min(axis=0)
+    extent = float((points.max(axis=0) - low).max())
+    factor = 255.0 / extent if extent > 0 else 1.0
+    simplified = []
+    for xs, ys in strokes:
+        line = (np.stack([xs, ys], axis=1) - low) * factor
+        line = np.round(reference_rdp(reference_resample(line, 1.0), 2.0))
+        simplified.append((line[:, 0], line[:, 1]))
+    return simplified
+
+
+def reference_resample(line, spacing):
+    if len(line) < 2:
+        return line
+    lengths = np.hypot(*np.diff(line, axis=0).T)
+    distance = np.concatenate([[0.0], np.cumsum(lengths)])
+    if distance[-1] == 0:
+        return line[:1]
+    samples = np.append(np.arange(0.0, distance[-1], spacing), distance[-1])
+    return np.stack([np.interp(samples, distance, line[:, k]) for k in (0, 1)], axis=1)
+
+
+def reference_rdp(line, epsilon):
+    if len(line) < 3:
+        return line
+    keep = np.zeros(len(line), dtype=bool)
+    keep[[0, -1]] = True
+    pending = [(0, len(line) - 1)]
+    while pending:
+        first, last = pending.pop()
+        if last - first < 2:
+            continue
+        start, end = line[first], line[last]
+        inner = line[first + 1 : last]
+        chord = end - start
+        norm = math.hypot(*chord)
+        if norm == 0:
+            distances = np.hypot(*(inner - start).T)
+        else:
+            distances = np.abs(chord[0] * (inner[:, 1] - start[1]) - chord[1] * (inner[:, 0] - start[0])) / norm
+        index = int(np.argmax(distances))
+        if distances[index] > epsilon:
+            split = first + 1 + index
+            keep[split] = True
+            pending += [(first, split), (split, last)]
+    return line[keep]
+
+
+def assert_same_strokes(found, expected):
+    assert len(found) == len(expected)
+    for (xs, ys), (ref_xs, ref_ys) in zip(found, expected):
+        np.testing.assert_array_equal(xs, ref_xs)
+        np.testing.assert_array_equal(ys, ref_ys)
+
+
+@pytest.mark.parametrize("form", ["as-stored", "browser"])
+def test_simplify_matches_the_reference_on_the_golden_drawings(form):
+    rng = np.random.default_rng(11)
+    for _, _, strokes in DRAWINGS:
+        parsed = validate_strokes(browser_style(strokes, rng) if form == "browser" else strokes)
+        assert_same_strokes(simplify(parsed), reference_simplify(parsed))
+
+
+SMALL_GRID = st.integers(0, 12)  # many ties, repeated points, collinear runs and closed loops
+ANY_NUMBER = st.one_of(st.integers(-10_000, 10_000), st.floats(-1e7, 1e7, allow_nan=False, allow_infinity=False))
+
+
+def drawings(number):
+    stroke = st.lists(st.tuples(number, number), min_size=1, max_size=40).map(lambda p: [list(c) for c in zip(*p)])
+    return st.lists(stroke, min_size=1, max_size=8)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(st.one_of(drawings(SMALL_GRID), drawings(ANY_NUMBER), drawings(st.floats(0, 3))))
+def test_simplify_matches_the_reference_on_random_strokes(strokes):
+    parsed = validate_strokes(strokes)
+    assert_same_strokes(parsed, drawing._validate_one_by_one(strokes))  # the fast parse, the careful one
+    points = np.concatenate([np.stack(stroke, axis=1) for stroke in parsed])
+    extent = float((points.max(axis=0) - points.min(axis=0)).max())
+    assume(extent == 0 or 255.0 / extent < math.inf)  # the reference overflows to NaN below 1e-306 units
+    expected = reference_simplify(parsed)
+    assert_same_strokes(simplify(parsed), expected)
+    np.testing.assert_array_equal(strokes_to_bitmap(strokes), render(expected))
+
+
+def test_a_drawing_a_trillionth_of_a_trillionth_of_a_unit_wide_is_a_dot():
+    # The reference scaled it by 255/5e-324 = inf and crashed on NaN; now it renders like a dot.
+    np.testing.assert_array_equal(strokes_to_bitmap([[[0.0, 5e-324], [1.0, 1.0]]]), strokes_to_bitmap([[[3], [4]]]))
