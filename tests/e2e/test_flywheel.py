@@ -50,7 +50,7 @@ def test_corrections_become_a_served_model_and_bad_ones_do_not(platform):
         lambda: stack.model()["version"] != first_version and stack.model()["version"], RUN_TIMEOUT,
         "a new version to be served",
     )
-    first = finished_runs(stack)
+    first = wait_until(lambda: finished_runs(stack), 120, "the first run to finish (cleanup runs after promote)")
     assert [run["state"] for run in first] == ["success"]
     states = stack.task_states("retrain", first[0]["dag_run_id"])
     assert set(states.values()) == {"success"}, states
