@@ -29,8 +29,8 @@ class TrainConfig:
     max_shift: int = 2  # random translation in pixels, so a shifted drawing keeps its label
     seed: int = 0  # the only source of randomness
     limit_per_class: int | None = None  # train on at most this many images a class (quick dry runs)
-    replay_ratio: float = 4.0  # fine-tuning: old images drawn per new image, so old categories stay
-    feedback_repeats: int = 3  # fine-tuning: how often each new image is seen per epoch
+    replay_ratio: float = 2.0  # fine-tuning: old images drawn per new image, so old categories stay
+    feedback_repeats: int = 6  # fine-tuning: how often each new image is seen per epoch (see docs/retraining.md)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def params(self) -> dict:
