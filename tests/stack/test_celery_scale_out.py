@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from datetime import datetime, timedelta, timezone
-import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
@@ -154,7 +151,6 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
         assert train["state"] == "running" and train["hostname"] in WORKERS, train
         victim = train["hostname"]
         survivor = next(name for name in WORKERS if name != victim)
-        killed_at = time.monotonic()
         cluster.kill_worker(victim)
         late = world.save_feedback(settings, LATE, start=100)
 
@@ -162,7 +158,6 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
             lambda: (run := api.run("retrain", run_id))["state"] in ("success", "failed") and run, RUN_TIMEOUT,
             "the triggered run to finish", log=logs / "scheduler.log",
         )
-        recovery_seconds = time.monotonic() - killed_at
         # The schedule goes on with one worker: the next @continuous run waits for feedback in the triggerer.
         waiting = wait_until(lambda: next((
             ti for other in api.runs("retrain") if other["dag_run_id"] != run_id
@@ -185,7 +180,6 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
         by_try = {t["try_number"]: t for t in train_tries}
         assert instances["train"]["try_number"] >= 2 and by_try[1]["hostname"] == victim, train_tries
         assert by_try[instances["train"]["try_number"]]["hostname"] == survivor
-        assert recovery_seconds < RUN_TIMEOUT
 
         # The new version is in the registry that MLflow keeps in PostgreSQL, with its lineage.
         client = tracking.client(settings)
