@@ -67,9 +67,17 @@ def on_reload(result: str | None, served) -> None:
     SERVING_VERSION.set(int(served.version) if served else 0)
 
 
+# The children of one (label, version) pair, looked up once: .labels() checks and locks on every call. Bounded:
+# labels are the served model's categories and versions the ones this process served.
+_prediction_children: dict[tuple[str, str], tuple] = {}
+
+
 def observe_prediction(version: str, label: str, confidence: float) -> None:
-    PREDICTIONS.labels(label, version).inc()
-    CONFIDENCE.labels(version).observe(confidence)
+    children = _prediction_children.get((label, version))
+    if children is None:
+        children = _prediction_children[label, version] = (PREDICTIONS.labels(label, version), CONFIDENCE.labels(version))
+    children[0].inc()
+    children[1].observe(confidence)
 
 
 def observe_feedback(version: str, predicted: str, label: str, kind: str) -> None:

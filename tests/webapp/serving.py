@@ -28,8 +28,11 @@ def app_env(settings: Settings, poll_seconds: float = 0.5, secret: str = "") -> 
 
 @contextmanager
 def gunicorn_app(env: dict[str, str], log_dir: Path, workers: int = 2, threads: int = 4,
-                 port: int | None = None) -> Iterator[str]:
-    """The web app served by gunicorn with the repository's config file on a free loopback port; yields its URL."""
+                 port: int | None = None, args: tuple[str, ...] = ()) -> Iterator[str]:
+    """The web app served by gunicorn with the repository's config file on a free loopback port; yields its URL.
+
+    `args` are extra gunicorn command-line options; they override the config file (bench/serve.py compares settings).
+    """
     import os
 
     port = port or free_port()
@@ -41,7 +44,7 @@ def gunicorn_app(env: dict[str, str], log_dir: Path, workers: int = 2, threads: 
         "DOODLE_WEBAPP_THREADS": str(threads),
     }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [str(VENV_BIN / "gunicorn"), "-c", str(GUNICORN_CONF)]
+    command = [str(VENV_BIN / "gunicorn"), "-c", str(GUNICORN_CONF), *args]
     with log.open("ab") as output:
         process = subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=full_env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,0 +1,279 @@
+"""Benchmark /api/predict (strokes in, top-k out) against the designs it replaces, with wrk.
+
+Side by side, one run: (a) the raw in-process forward of the model, (b) `mlflow models serve` of the same
+registered model, (c) a thin Flask proxy in front of (b) (bench/proxy.py), and the web app under gunicorn with
+webapp/gunicorn.conf.py; req/s, p50 and p99 at each concurrency, the web app's PSS. Writes the
+"## Serving (bench/serve.py)" section of BENCHMARKS.md.
+
+Run from the project root: `.venv/bin/python -m bench.serve` (about 4 minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import psutil
+
+from doodle_lib.settings import PROJECT_ROOT, Settings
+from tests.conftest import CATEGORIES, SAMPLE, fixture_drawings
+from tests.services import VENV_BIN, free_port, mlflow_server, stop, wait_for_http
+from tests.webapp.serving import GUNICORN_CONF, app_env, gunicorn_app
+
+LUA = PROJECT_ROOT / "bench" / "post_bodies.lua"
+SECTION = "## Serving (bench/serve.py)"
+TARGETS = ("web app", "mlflow models serve", "Flask proxy -> mlflow")
+
+
+def train_and_register(settings: Settings, epochs: int):
+    """The production model: default architecture, trained briefly on the shipped sample, registered, promoted."""
+    from doodle_lib import tracking
+    from doodle_lib.dataset import Split, load_bitmaps
+    from doodle_lib.training import TrainConfig, train
+
+    x = np.concatenate([load_bitmaps(SAMPLE, c)[:1000] for c in CATEGORIES])
+    model, _ = train(Split(x, np.repeat(CATEGORIES, 1000)), CATEGORIES, TrainConfig(epochs=epochs, threads=2))
+    with tracking.training_run(settings, "bench-serve") as run_id:
+        uri = tracking.log_model(model)
+    version = tracking.register(settings, uri, run_id, {"bench": "serve"}).version
+    tracking.set_production(settings, version)
+    return model.eval()
+
+
+def time_in_process(model, repeats: int = 3000) -> dict[str, float]:
+    """(a) One image's forward, and the web app's whole work for one request without HTTP; median ms."""
+    import torch
+
+    from doodle_lib.drawing import strokes_to_bitmap
+    from doodle_lib.model import predict_one
+
+    torch.set_num_threads(1)  # as in each gunicorn worker
+    drawings = [strokes for _, _, strokes in fixture_drawings()]
+    bitmaps = [torch.from_numpy(strokes_to_bitmap(s)) for s in drawings]
+    forward, work = [], []
+    with torch.inference_mode():
+        for i in range(repeats):
+            start = time.perf_counter()
+            model(bitmaps[i % len(bitmaps)])
+            forward.append(time.perf_counter() - start)
+    for i in range(repeats):
+        start = time.perf_counter()
+        predict_one(model, strokes_to_bitmap(drawings[i % len(drawings)]))
+        work.append(time.perf_counter() - start)
+    skip = repeats // 10  # warm-up
+    return {"forward_ms": float(np.median(forward[skip:])) * 1e3, "work_ms": float(np.median(work[skip:])) * 1e3}
+
+
+def write_bodies(folder: Path) -> tuple[Path, Path]:
+    """The 150 golden drawings as /api/predict bodies (strokes) and as /invocations bodies (rendered bitmaps)."""
+    from doodle_lib.drawing import strokes_to_bitmap
+
+    drawings = [strokes for _, _, strokes in fixture_drawings()]
+    strokes = folder / "strokes.jsonl"
+    strokes.write_text("".join(json.dumps({"strokes": s}, separators=(",", ":")) + "\n" for s in drawings))
+    bitmaps = folder / "bitmaps.jsonl"
+    bitmaps.write_text("".join(
+        json.dumps({"inputs": strokes_to_bitmap(s)[None].astype(np.float32).tolist()}, separators=(",", ":")) + "\n"
+        for s in drawings
+    ))
+    return strokes, bitmaps
+
+
+@contextmanager
+def process(command: list[str], env: dict[str, str], log: Path, health: str, timeout: float = 180) -> Iterator[None]:
+    """A server process in its own session, healthy before the body runs, stopped after."""
+    with log.open("ab") as output:
+        server = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(health, timeout, server, log)
+        yield
+    finally:
+        stop(server, timeout=30)
+
+
+def wrk(url: str, bodies: Path, connections: int, seconds: float) -> dict:
+    """One closed-loop wrk run (one thread: it shares the 2 cores with the servers); the Lua script's figures."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA), url, "--",
+               str(bodies)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["errors"] = sum(result[k] for k in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts"))
+    return result
+
+
+def server_processes(port: int) -> list[psutil.Process]:
+    """The gunicorn master listening on `port` and all its workers."""
+    listening = next(c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port)
+    master = psutil.Process(listening)  # psutil names one holder of a shared socket: maybe a worker
+    while master.parent() is not None and "gunicorn" in " ".join(master.parent().cmdline()):
+        master = master.parent()
+    return [master, *master.children(recursive=True)]
+
+
+def pss_mb(processes: list[psutil.Process]) -> float:
+    return sum(p.memory_full_info().pss for p in processes) / 2**20
+
+
+def measure(targets: dict[str, tuple[str, Path]], levels: list[int], seconds: float) -> dict:
+    results = {}
+    for name, (url, bodies) in targets.items():
+        for connections in levels:
+            wrk(url, bodies, connections, min(3.0, seconds))  # warm-up: connections, caches, worker threads
+            results[name, connections] = wrk(url, bodies, connections, seconds)
+            r = results[name, connections]
+            print(f"{name:24} c={connections:<3} {r['rps']:7.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  "
+                  f"p99 {r['p99_us'] / 1e3:7.2f} ms  errors {r['errors']}", flush=True)
+    return results
+
+
+def report(results: dict, levels: list[int], in_process: dict, pss: float, workers: int, context: dict) -> str:
+    """The BENCHMARKS.md section: setup, the table, and each target of issue 4 checked against the figures."""
+    lines = [
+        f"{SECTION}, {context['date']}", "",
+        "`.venv/bin/python -m bench.serve`: a real `mlflow server` holds the registered model (default architecture,"
+        f" width 16, trained {context['epochs']} epochs on the shipped sample; `models:/doodle-classifier@production`);"
+        " every target answers the 150 golden drawings in turn (wrk, one thread, keep-alive, a Lua script posting"
+        f" each body; {context['seconds']:g} s per cell after a 3 s warm-up).", "",
+        f"- Machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {host.platform()},"
+        f" Python {host.python_version()}; wrk shares the cores with the servers. Load average before the run:"
+        f" {context['load_before']}; after: {context['load_after']}.",
+        f"- Web app: `{' '.join(['gunicorn -c webapp/gunicorn.conf.py', context['webapp_args']]).strip()}`"
+        f" ({'overridden on the command line' if context['webapp_args'] else 'the production settings'}):"
+        f" {context['webapp_settings']}; torch 1 thread a worker.",
+        "- (b) `mlflow models serve -m models:/doodle-classifier@production --env-manager local` (uvicorn, its"
+        " default 1 worker), posted the rendered bitmap as `{\"inputs\": [[[...]]]}`.",
+        "- (c) bench/proxy.py under gunicorn (2 gthread workers x 4 threads): the same preprocessing, then the bitmap"
+        " to (b)'s /invocations on a keep-alive session, softmax and top-k on the logits.",
+        "",
+        "| target | concurrency | req/s | p50 (ms) | p99 (ms) | errors |",
+        "|---|---|---|---|---|---|",
+        f"| (a) in-process forward, one 28x28 image, 1 thread | 1 | {1e3 / in_process['forward_ms']:.0f} |"
+        f" {in_process['forward_ms']:.3f} | | |",
+        f"| in-process request work (parse, simplify, render, forward, softmax) | 1 | {1e3 / in_process['work_ms']:.0f} |"
+        f" {in_process['work_ms']:.3f} | | |",
+    ]
+    for name in TARGETS:
+        for c in levels:
+            if (name, c) in results:
+                r = results[name, c]
+                lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} |"
+                             f" {r['errors']} |")
+    lines += ["", f"Web app memory after the runs: {pss:.0f} MB PSS over the gunicorn master and {workers} workers.", ""]
+    top = max(levels)
+    app = results.get(("web app", top))
+    mlflow_serve, proxy = results.get((TARGETS[1], top)), results.get((TARGETS[2], top))
+    if app and mlflow_serve and proxy:
+        lines.append(f"Targets of issue 4 (web app at concurrency {top} unless said):")
+        checks = [
+            (f"req/s >= 5x (b): {app['rps']:.0f} vs {5 * mlflow_serve['rps']:.0f} ({app['rps'] / mlflow_serve['rps']:.1f}x)",
+             app["rps"] >= 5 * mlflow_serve["rps"]),
+            (f"req/s >= 8x (c): {app['rps']:.0f} vs {8 * proxy['rps']:.0f} ({app['rps'] / proxy['rps']:.1f}x)",
+             app["rps"] >= 8 * proxy["rps"]),
+            (f"p99 <= 15 ms: {app['p99_us'] / 1e3:.2f} ms", app["p99_us"] <= 15_000),
+        ]
+        if ("web app", 1) in results:
+            p50 = results["web app", 1]["p50_us"] / 1e3
+            checks.append((f"p50 at concurrency 1 within 1 ms of (a): {p50:.2f} ms vs {in_process['forward_ms']:.2f}"
+                           f" + 1 ms", p50 <= in_process["forward_ms"] + 1))
+        checks.append((f"PSS <= 500 MB: {pss:.0f} MB", pss <= 500))
+        lines += [f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path = PROJECT_ROOT / "BENCHMARKS.md") -> None:
+    """Replace this benchmark's section of BENCHMARKS.md (or append it), keeping every other section."""
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text + "\n", current, count=1)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text
+    path.write_text(updated.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=12, help="wrk duration of each cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="wrk connections")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs of the served model")
+    parser.add_argument("--webapp-args", default="", help="extra gunicorn options for the web app (compare settings)")
+    parser.add_argument("--only-webapp", action="store_true", help="skip (b) and (c)")
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    load_before = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder, ExitStack() as stack:
+        root = Path(folder)
+        tracking_url = stack.enter_context(mlflow_server(root / "mlflow"))
+        settings = Settings(MLFLOW_TRACKING_URI=tracking_url, data_dir=root / "data", storage_dir=root / "storage")
+        print(f"training and registering the model ({args.epochs} epochs)", flush=True)
+        model = train_and_register(settings, args.epochs)
+        in_process = time_in_process(model)
+        print(f"(a) forward {in_process['forward_ms']:.3f} ms; in-process request work {in_process['work_ms']:.3f} ms")
+        strokes, bitmaps = write_bodies(root)
+
+        production = Settings()  # the defaults a deployment gets, without environment overrides
+        workers, threads = production.webapp_workers, production.webapp_threads
+        webapp_port = free_port()
+        webapp = stack.enter_context(gunicorn_app(app_env(settings, poll_seconds=5.0), root, workers, threads,
+                                                  webapp_port, tuple(shlex.split(args.webapp_args))))
+        targets = {"web app": (f"{webapp}/api/predict", strokes)}
+        if not args.only_webapp:
+            serve_port, proxy_port = free_port(), free_port()
+            stack.enter_context(process(
+                [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{settings.model_name}@production",
+                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(serve_port)],
+                {"MLFLOW_TRACKING_URI": tracking_url, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"},
+                root / "mlflow-serve.log", f"http://127.0.0.1:{serve_port}/ping",
+            ))
+            stack.enter_context(process(
+                [str(VENV_BIN / "gunicorn"), "bench.proxy:create_app()", "-b", f"127.0.0.1:{proxy_port}",
+                 "-w", "2", "-k", "gthread", "--threads", "4", "--keep-alive", "30"],
+                {"BENCH_INVOCATIONS_URL": f"http://127.0.0.1:{serve_port}/invocations",
+                 "BENCH_CATEGORIES": json.dumps(model.categories)},
+                root / "proxy.log", f"http://127.0.0.1:{proxy_port}/healthz",
+            ))
+            targets[TARGETS[1]] = (f"http://127.0.0.1:{serve_port}/invocations", bitmaps)
+            targets[TARGETS[2]] = (f"http://127.0.0.1:{proxy_port}/api/predict", strokes)
+        results = measure(targets, args.concurrency, args.seconds)
+        processes = server_processes(webapp_port)
+        pss = pss_mb(processes)
+        webapp_settings = webapp_summary(args.webapp_args, workers, threads, root)
+        context = {
+            "date": date.today(), "epochs": args.epochs, "seconds": args.seconds, "load_before": load_before,
+            "load_after": ", ".join(f"{v:.2f}" for v in os.getloadavg()), "webapp_args": args.webapp_args,
+            "webapp_settings": webapp_settings,
+        }
+    text = report(results, args.concurrency, in_process, pss, len(processes) - 1, context)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+        print("written to BENCHMARKS.md")
+
+
+def webapp_summary(args: str, workers: int, threads: int, folder: Path) -> str:
+    """The web app's effective gunicorn settings, as `gunicorn --print-config` resolves them."""
+    env = {**os.environ, "DOODLE_WEBAPP_WORKERS": str(workers), "DOODLE_WEBAPP_THREADS": str(threads), "TMPDIR": str(folder)}
+    command = [str(VENV_BIN / "gunicorn"), "-c", str(GUNICORN_CONF), *shlex.split(args), "--print-config"]
+    output = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    config = dict(re.findall(r"^(\w+)\s+= (.*)$", output, re.M))
+    threads_text = f" x {config['threads']} threads" if config["worker_class"] == "gthread" else ""
+    return (f"{config['workers']} {config['worker_class']} workers{threads_text}, keep-alive {config['keepalive']} s,"
+            f" reuse_port {config['reuse_port']}, backlog {config['backlog']}")
+
+
+if __name__ == "__main__":
+    main()
