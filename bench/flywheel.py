@@ -36,7 +36,7 @@ def post(url: str, body: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threshold", type=int, default=50, help="corrections that start a run")
-    parser.add_argument("--runs", type=int, default=3, help="flywheel turns to time, one after the other")
+    parser.add_argument("--runs", type=int, default=3, help="turns to time (3 x 50 uses each golden drawing once)")
     parser.add_argument("--poll", type=float, default=5.0, help="the web app's registry poll, seconds (its default)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally blocks: stop every service
@@ -76,7 +76,10 @@ def main() -> None:
             stack.set_paused("retrain", False)
             results = []
             for turn in range(args.runs):
-                served = get_json(f"{webapp}/api/model")["version"]
+                # Every gunicorn worker polls on its own: start only when all of them serve production.
+                served = tracking.production_version(settings).version
+                stack.wait_until(lambda: all(get_json(f"{webapp}/api/model")["version"] == served for _ in range(8)),
+                                 60, "every web app worker serving production")
                 sensor = stack.wait_until(
                     lambda: next((ti for ti in stack.task_instances("retrain") if ti.task_id == "wait_for_feedback"
                                   and ti.state == "deferred"), None), 120, "the sensor deferred")
@@ -86,10 +89,11 @@ def main() -> None:
                 t0 = time.time()
 
                 def served_or_rejected():
-                    if get_json(f"{webapp}/api/model")["version"] != served:
-                        return "served"
+                    version = registered(settings, sensor.run_id)
+                    if version and get_json(f"{webapp}/api/model")["version"] == version.version:
+                        return "served"  # by the first worker that asks the registry
                     promote = stack.task_state("retrain", sensor.run_id, "promote")
-                    return promote and promote.state == "success" and not promoted(settings, sensor.run_id) and "rejected"
+                    return promote and promote.state == "success" and version.tags.get("promoted") != "true" and "rejected"
 
                 outcome = stack.wait_until(served_or_rejected, 600, "the new model served (or rejected)", 0.05)
                 t_served = time.time() if outcome == "served" else float("nan")
@@ -99,11 +103,12 @@ def main() -> None:
     report(results, args)
 
 
-def promoted(settings, run_id: str) -> bool:
+def registered(settings, run_id: str):
+    """The model version the run registered, or None yet."""
     from doodle_lib import tracking
 
     found = tracking.client(settings).search_model_versions(f"name = '{settings.model_name}' and tags.airflow_run_id = '{run_id}'")
-    return bool(found) and found[0].tags.get("promoted") == "true"
+    return found[0] if found else None
 
 
 def measure(settings, run_id: str, tis: dict, t0: float, t_served: float) -> dict:
