@@ -83,8 +83,10 @@ class Platform:
     def __init__(self, root: Path, threshold: int):
         self.root = root
         ports = {name: free_port() for name in ("webapp", "airflow", "mlflow", "prometheus")}
+        # A user's shell, not this test process: other test folders configure Airflow and doodle in os.environ.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DOODLE_", "MLFLOW_"))}
         self.env = {
-            **os.environ,
+            **inherited,
             "DOODLE_DATA_DIR": str(root / "data"),
             "DOODLE_STORAGE_DIR": str(root / "storage"),
             "DOODLE_WEBAPP_BIND": f"127.0.0.1:{ports['webapp']}",
@@ -93,7 +95,6 @@ class Platform:
             "DOODLE_PROMETHEUS_PORT": str(ports["prometheus"]),
             "DOODLE_FEEDBACK_THRESHOLD": str(threshold),
         }
-        self.env.pop("MLFLOW_TRACKING_URI", None)
         self.stack = Stack(
             webapp=f"http://127.0.0.1:{ports['webapp']}",
             airflow=f"http://127.0.0.1:{ports['airflow']}",
