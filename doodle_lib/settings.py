@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     airflow_parallelism: int = Field(4, description="Airflow task slots; 4 suits 2 cores")
     training_threads: int = Field(1, description="torch threads of training tasks in the stack, so serving keeps a core")
 
+    # The web app's pipeline page reads Airflow's REST API
+    airflow_url: str = Field("", description="Airflow api-server for the pipeline page; empty means http://host:airflow_port")
+    airflow_user: str = Field("admin", description="Airflow user the pipeline page logs in as")
+    airflow_password: str = Field(
+        "", description="its password; empty reads the one Airflow generated under storage_dir/airflow"
+    )
+
+    @property
+    def airflow_api(self) -> str:
+        """Where the pipeline page finds Airflow's REST API."""
+        return (self.airflow_url or f"http://{self.host}:{self.airflow_port}").rstrip("/")
+
     @property
     def mlflow_uri(self) -> str:
         """The tracking URI to use: the configured server, or the local SQLite store."""

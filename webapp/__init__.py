@@ -33,7 +33,7 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
-    from webapp import api, health, metrics, pages, webhooks
+    from webapp import api, health, metrics, pages, pipeline, webhooks
     from webapp.holder import ModelHolder
 
     ModelHolder().init_app(app)
@@ -42,6 +42,7 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
+    pipeline.init_app(app)
     app.register_error_handler(HTTPException, http_error)
     return app
 

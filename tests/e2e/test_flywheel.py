@@ -1,13 +1,15 @@
 """The flywheel end to end: `make up` on empty folders, corrections through the API, a new model served."""
 from __future__ import annotations
 
+import urllib.request
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from doodle_lib import feedback
 from tests.conftest import fixture_drawings
-from tests.e2e.stack_client import Platform, Stack, wait_until
+from tests.e2e.stack_client import Platform, Stack, call, wait_until
 
 pytestmark = pytest.mark.slow
 THRESHOLD = 30
@@ -58,6 +60,9 @@ def test_corrections_become_a_served_model_and_bad_ones_do_not(platform):
             "cleanup"} <= states.keys()
     assert registry.get_model_version_by_alias("doodle-classifier", "production").version == new_version
     assert registry.get_model_version("doodle-classifier", new_version).tags["airflow_run_id"] == first[0]["dag_run_id"]
+    [shown] = [run for run in call(f"{stack.webapp}/api/pipeline")["runs"] if run["run_id"] == first[0]["dag_run_id"]]
+    assert shown["state"] == "success" and {stage["state"] for stage in shown["stages"]} == {"success"}
+    assert shown["result"]["version"] == new_version and shown["result"]["promoted"] is True
 
     # Batch 2: other drawings with labels shuffled so that none is right: registered, never promoted.
     rng = np.random.default_rng(0)
@@ -72,6 +77,10 @@ def test_corrections_become_a_served_model_and_bad_ones_do_not(platform):
     assert "not promoted" in (rejected.description + str(rejected.tags)).lower()
     assert registry.get_model_version_by_alias("doodle-classifier", "production").version == new_version
     assert stack.model()["version"] == new_version
+    [shown] = [run for run in call(f"{stack.webapp}/api/pipeline")["runs"] if run["run_id"] == second["dag_run_id"]]
+    assert shown["result"]["promoted"] is False and shown["result"]["reason"]
+    page = urllib.request.urlopen(f"{stack.webapp}/pipeline", timeout=30).read().decode()
+    assert second["dag_run_id"] in page and "not promoted" in page
     assert feedback.count(platform.root / "data" / "feedback") == 0
 
 

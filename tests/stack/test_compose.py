@@ -163,7 +163,8 @@ def test_compose_fallbacks_are_the_settings_defaults():
     """A setting left out of .env gets the same value as in the embedded mode."""
     defaults = compose(required_secrets_only())
     env = environment(defaults["services"]["webapp"])
-    container_specific = {"data_dir", "storage_dir", "sample_dir", "tracking_uri", "mlflow_ui_url", "webapp_bind"}
+    container_specific = {"data_dir", "storage_dir", "sample_dir", "tracking_uri", "mlflow_ui_url", "webapp_bind",
+                          "airflow_url", "airflow_password"}
     composed = Settings(**{f: env[choices[0]] for f, choices in settings_variables().items()
                            if f not in NOT_FOR_COMPOSE | container_specific})
     for field_name in settings_variables().keys() - NOT_FOR_COMPOSE - container_specific:

@@ -1,0 +1,66 @@
+"""The pipeline page: recent retraining runs, each stage's state and the gate's verdict, from Airflow."""
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, current_app, jsonify, render_template
+
+from webapp.airflow_client import AirflowClient, AirflowUnavailable, quote
+
+bp = Blueprint("pipeline", __name__)
+DAGS = ("retrain", "retrain_from_scratch")
+RUNS_PER_DAG = 10
+
+
+def init_app(app) -> None:
+    """One Airflow client per worker, sharing its token between requests."""
+    app.extensions["airflow"] = AirflowClient(app.config["SETTINGS"])
+    app.register_blueprint(bp)
+
+
+def recent_runs() -> list[dict]:
+    """The newest runs of the retraining DAGs, newest first, with their stages and outcome."""
+    client: AirflowClient = current_app.extensions["airflow"]
+    runs = []
+    for dag_id in DAGS:
+        listing = client.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={RUNS_PER_DAG}")
+        for run in listing["dag_runs"]:
+            path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'])}"
+            tasks = client.get(f"{path}/taskInstances?order_by=start_date")["task_instances"]
+            runs.append({
+                "dag_id": dag_id,
+                "run_id": run["dag_run_id"],
+                "state": run["state"],
+                "start": run.get("start_date"),
+                "end": run.get("end_date"),
+                "stages": [{"task": t["task_id"], "state": t["state"], "seconds": t.get("duration")} for t in tasks],
+                "result": outcome(client, path, tasks),
+            })
+    return sorted(runs, key=lambda r: r["start"] or "", reverse=True)
+
+
+def outcome(client: AirflowClient, run_path: str, tasks: list[dict]) -> dict | None:
+    """The promote task's verdict (version, promoted, reason), once it has one."""
+    if not any(t["task_id"] == "promote" and t["state"] == "success" for t in tasks):
+        return None
+    value = client.get(f"{run_path}/taskInstances/promote/xcomEntries/return_value")["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@bp.get("/api/pipeline")
+def pipeline_json():
+    """Recent retraining runs as JSON; 503 with the reason when Airflow cannot be asked."""
+    try:
+        return jsonify(airflow=current_app.extensions["airflow"].base, runs=recent_runs())
+    except AirflowUnavailable as error:
+        return jsonify(error=str(error)), 503
+
+
+@bp.get("/pipeline")
+def pipeline_page():
+    """Recent retraining runs as a table that refreshes itself."""
+    try:
+        runs, error = recent_runs(), None
+    except AirflowUnavailable as problem:
+        runs, error = [], str(problem)
+    return render_template("pipeline.html", runs=runs, error=error, airflow=current_app.extensions["airflow"].base)
