@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from doodle_lib.drawing import MAX_POINTS, MAX_STROKES
 
-Number = Annotated[float, Field(allow_inf_nan=False)]
+# Strict: JSON numbers only. Lax mode turned false and "1.5" into 0.0 and 1.5, which the schema does not allow.
+Number = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 Axis = Annotated[list[Number], Field(max_length=MAX_POINTS)]
 Stroke = Annotated[list[Axis], Field(min_length=2, max_length=3, description="[[xs], [ys]] or [[xs], [ys], [ts]]")]
 Strokes = Annotated[

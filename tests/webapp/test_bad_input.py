@@ -29,6 +29,8 @@ CASES = [
     # (path, json body or (raw bytes, content type), status, words in the message)
     ("/api/predict", {"strokes": "abc"}, 422, "strokes"),
     ("/api/predict", {"strokes": [[["a"], [1]]]}, 422, "strokes.0.0.0"),
+    ("/api/predict", {"strokes": [[[False], [0]]]}, 422, "strokes.0.0.0"),  # schemathesis found it
+    ("/api/predict", {"strokes": [[[1], ["2.5"]]]}, 422, "strokes.0.1.0"),
     ("/api/predict", {"strokes": STROKES, "k": "three"}, 422, "k"),
     ("/api/predict", {"strokes": STROKES, "k": 0}, 422, "k"),
     ("/api/predict", {}, 422, "exactly one of 'strokes' or 'image'"),
