@@ -15,6 +15,7 @@ MAX_POINTS = 65_536  # summed over all strokes
 MAX_ABS_COORDINATE = 1e7
 RESAMPLE_SPACING = 1.0
 RDP_EPSILON = 2.0
+MAX_INK = 200_000  # resampled points (units of stroke length in the 256 box); real drawings have a few thousand
 
 Strokes = list[tuple[np.ndarray, np.ndarray]]
 
@@ -163,6 +164,9 @@ def _resample(x: np.ndarray, y: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarr
             np.cumsum(lengths[start:last], out=distance[start + 1 : last + 1])
     # Sample k lies on segment i (points i, i+1) when distance[i] <= k < distance[i+1]: ceil(d_i) <= k < ceil(d_i+1).
     up = np.ceil(distance)
+    ink = float(up[lasts].sum())
+    if ink > MAX_INK:  # a scribble of 65,536 points can hold millions of units: refuse it before allocating them
+        raise DrawingError(f"too much ink: {ink:.0f} units of stroke in a 256-unit box (at most {MAX_INK})")
     counts = (up[1:] - up[:-1]).astype(np.intp)
     counts[lasts[:-1]] = 0  # no segment from one stroke's last point to the next stroke's first
     segment = np.repeat(np.arange(len(counts)), counts)

@@ -89,6 +89,7 @@ def test_a_single_dot_renders_at_the_centre():
         ([[[0], [0]]] * (MAX_STROKES + 1), "too many strokes"),
         ([[list(range(MAX_POINTS + 1)), list(range(MAX_POINTS + 1))]], "too many points"),
         ([[list(range(40_000)), list(range(40_000))]] * 2, "too many points"),
+        ([[[0, 1000] * 30_000, [0, 1] * 30_000]], "too much ink"),  # 60,000 box-widths of zigzag
     ],
 )
 def test_bad_drawings_get_a_clear_error(strokes, message):
