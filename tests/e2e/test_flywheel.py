@@ -42,7 +42,7 @@ def finished_runs(stack: Stack) -> list[dict]:
 def test_corrections_become_a_served_model_and_bad_ones_do_not(platform):
     stack = platform.stack
     first_version = wait_until(lambda: stack.model()["version"], 120, "the first model to be served")
-    registry = MlflowClient(stack.mlflow)
+    registry = MlflowClient(stack.mlflow, registry_uri=stack.mlflow)  # not the process-global registry URI
     ranked = ranked_fixtures(stack)
 
     # Batch 1: the drawings the model is least sure of, correctly labelled: they should help.
