@@ -49,6 +49,8 @@ def init_app(app) -> None:
         app.extensions["metrics"] = PrometheusMetrics(app, registry=registry, **options)
     holder = app.extensions["model_holder"]
     holder.on_reload = on_reload
+    for result in ("success", "failure"):
+        RELOADS.labels(result)  # exported at 0 from the start, so increase() sees a worker's first load
     holder.on_check = lambda reachable: REGISTRY_UP.set(1 if reachable else 0)
     on_reload(None, holder.served)
     REGISTRY_UP.set(1 if holder.registry_reachable else 0)

@@ -246,10 +246,6 @@ def test_the_serving_panels_show_the_traffic_that_was_sent(live):
     assert float(corrections[0]["value"][1]) == float(confirmations[0]["value"][1]) == 12 * ROUNDS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "webapp/metrics.py creates doodle_model_reloads_total{result=...} at a worker's first reload, so Prometheus never "
-    "sees it at 0 and increase() misses that load (0 or 1 of the 2): create both result labels at 0 in init_app"
-))
 def test_the_model_loads_panel_counts_the_promotion(live):
     """Both workers loaded the promoted version: the panel must count two loads, not the one or none it can see."""
     prometheus, _, _ = live
