@@ -12,6 +12,8 @@ import pytest
 
 from doodle_lib import feedback, tracking
 from tests.dags import stack, world
+from tests.stack.files import MONITORING, load_yaml, parse_promql
+from tests.stack.test_statsd_mapping import exported, used_airflow_queries
 
 pytestmark = pytest.mark.slow
 THRESHOLD = 20
@@ -80,3 +82,11 @@ def test_killed_train_task_is_cleared_and_reruns_without_losing_or_doubling_draw
     names = {line.split(":")[0] for line in metrics}
     assert "airflow.doodle.retrain.feedback_consumed" in names and "airflow.doodle.retrain.candidate_eval_accuracy" in names
     assert any(name.startswith("airflow.ti.finish") or name.startswith("airflow.dagrun") for name in names), sorted(names)[:30]
+    # Those very lines, through statsd-exporter's mapping, become the names the Pipeline dashboard reads.
+    kinds = {"c": "counter", "g": "gauge", "ms": "timer", "h": "histogram", "d": "histogram"}
+    sent = [(line.split(":", 1)[0], kinds[line.split(":", 1)[1].split("|")[1]]) for line in metrics if "|" in line]
+    produced = exported(load_yaml(MONITORING / "statsd_mapping.yml"), sent)
+    read = {n for _, expr in used_airflow_queries() for n in parse_promql(expr).metrics if n.startswith("airflow_")}
+    signs = ("success", "ti_finish", "task_duration", "candidate_eval_accuracy", "scheduler_heartbeat")
+    a_successful_run_makes = {n for n in read if any(sign in n for sign in signs)}
+    assert a_successful_run_makes and a_successful_run_makes <= produced.keys(), a_successful_run_makes - produced.keys()
