@@ -287,6 +287,7 @@ def banner(settings: Settings) -> str:
         "",
         "The doodle platform is up:",
         f"  draw and correct      {urls['webapp']}",
+        f"  retraining runs       {urls['webapp']}/pipeline",
         f"  Airflow               {urls['airflow-api']}   (user admin, password {password})",
         f"  MLflow                {urls['mlflow']}",
     ]
