@@ -132,12 +132,13 @@ def fit(
     config: TrainConfig,
     on_epoch: Callable[[EpochStats], None] | None = None,
     sample: Callable[[torch.Generator], Split] | None = None,
+    epoch_size: int | None = None,
 ) -> list[EpochStats]:
-    """Train `model` in place for config.epochs; `sample` may draw a fresh epoch set (replay mixes)."""
+    """Train `model` in place for config.epochs; `sample` may draw a fresh epoch set of `epoch_size` (replay mixes)."""
     generator = seed_everything(config.seed, config.threads)
     if config.epochs == 0:
         return []
-    steps_per_epoch = -(-len(sample(torch.Generator().manual_seed(0)) if sample else split) // config.batch_size)
+    steps_per_epoch = -(-(epoch_size if sample else len(split)) // config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=steps_per_epoch * config.epochs
@@ -187,7 +188,7 @@ def fine_tune(
         pick = torch.randperm(len(old), generator=generator)[:replay_count].numpy()
         return Split(np.concatenate([repeated.x, old.x[pick]]), np.concatenate([repeated.y, old.y[pick]]))
 
-    return fit(model, new, config, on_epoch, sample)
+    return fit(model, new, config, on_epoch, sample, epoch_size=len(repeated) + replay_count)
 
 
 @torch.inference_mode()
