@@ -118,4 +118,5 @@ def test_alias_move_switches_version_within_poll_interval_without_failures(serve
     serving = {k: v for k, v in workers.items() if k[0] == "doodle_serving_model_version"}
     assert len(serving) == 2 and set(serving.values()) == {float(versions[1])}
     reloads = {dict(k[1])["result"]: v for k, v in workers.items() if k[0] == "doodle_model_reloads_total"}
-    assert reloads == {"success": 2.0}  # each worker loaded the new version once (start-up loads are not reloads)
+    # Each worker loaded the new version once (start-up loads are not reloads); none failed.
+    assert reloads == {"success": 2.0, "failure": 0.0}
