@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, description="torch intra-op threads; 0 lets torch decide")
     feedback_threshold: int = Field(50, description="complete drawings that start a retraining run")
     promotion_tolerance: float = Field(0.5, description="evaluation-set accuracy points a candidate may lose")
+    # Categories users propose in the web app (doodle_lib/proposals.py)
+    proposal_min_drawings: int = Field(25, ge=1, description="drawings a proposed category needs before it is trained")
+    proposals_require_approval: bool = Field(
+        False, description="train a proposed category only after an operator approved it (doodle proposals approve)"
+    )
     model_poll_seconds: float = Field(5.0, description="how often the web app asks the registry for the alias")
     # Retraining pipeline (dags/retrain.py, dags/retrain_from_scratch.py)
     feedback_poll_seconds: float = Field(1.0, description="how often the feedback sensor's trigger counts the folder")
@@ -87,6 +92,11 @@ class Settings(BaseSettings):
     @property
     def feedback_dir(self) -> Path:
         return self.data_dir / "feedback"
+
+    @property
+    def proposals_dir(self) -> Path:
+        """Drawings under category names users proposed, one folder per normalised name."""
+        return self.data_dir / "proposals"
 
     @property
     def dataset_dir(self) -> Path:
