@@ -33,12 +33,13 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
-    from webapp import api, health, metrics, pages, pipeline, webhooks
+    from webapp import api, health, metrics, pages, pipeline, proposals, webhooks
     from webapp.holder import ModelHolder
 
     ModelHolder().init_app(app)
     metrics.init_app(app)
     app.register_api(api.api)
+    app.register_api(proposals.api)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)

@@ -15,7 +15,7 @@ from doodle_lib.drawing import DrawingError, strokes_to_bitmap
 from doodle_lib.upload import image_to_bitmap
 from webapp import metrics
 from webapp.schemas import (
-    ErrorResponse, FeedbackRequest, FeedbackResponse, ModelResponse, PredictRequest, PredictResponse,
+    ErrorResponse, FeedbackRequest, FeedbackResponse, ModelResponse, PredictRequest, PredictResponse, ProposalRequest,
 )
 
 api = APIBlueprint("api", __name__, url_prefix="/api", abp_tags=[Tag(name="doodles")])
@@ -92,6 +92,12 @@ def post_feedback(body: FeedbackRequest):
         label = feedback.check_folder_name(body.label)
     except ValueError as problem:  # DrawingError and FeedbackError
         return error(400, str(problem))
+    ref, kind = save_feedback(body, label, bitmap)
+    return {"id": ref.key, "kind": kind}, 201
+
+
+def save_feedback(body: FeedbackRequest | ProposalRequest, label: str, bitmap: np.ndarray, **extra):
+    """Store a drawing as feedback for the known category `label` and count it; returns its ref and kind."""
     if body.predicted_label is None:
         kind = "unprompted"
     else:
@@ -102,13 +108,14 @@ def post_feedback(body: FeedbackRequest):
         "model_version": body.model_version,
         "kind": kind,
         "source": "webapp",
+        **extra,
     }
     ref = feedback.save(current_app.config["SETTINGS"].feedback_dir, label, bitmap, record)
     # Versions become label values only when this worker served them: clients cannot grow the series.
     version = body.model_version if body.model_version in holder().versions_seen else "other"
     version = "none" if body.model_version is None else version
     metrics.observe_feedback(version, body.predicted_label or "none", label, kind)
-    return {"id": ref.key, "kind": kind}, 201
+    return ref, kind
 
 
 @api.get("/model", responses={200: ModelResponse})

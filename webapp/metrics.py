@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
-from doodle_lib import feedback
+from doodle_lib import feedback, proposals
 
 # Created unregistered: each app's registry adds them, so tests can build many apps in one process.
 PREDICTIONS = Counter(
@@ -33,7 +33,17 @@ WAITING = Gauge(
     "doodle_feedback_waiting", "Complete feedback drawings waiting to be trained on", registry=None,
     multiprocess_mode="livemostrecent",
 )
-MODEL_METRICS = (PREDICTIONS, CONFIDENCE, FEEDBACK, SERVING_VERSION, RELOADS, REGISTRY_UP, WAITING)
+# By outcome only: proposal names are typed by users, so as label values they could grow the series without end.
+PROPOSED = Counter(
+    "doodle_proposed_drawings", "Drawings sent under a typed category name, by outcome: proposal, known, refused",
+    ["outcome"], registry=None,
+)
+PROPOSALS_READY = Gauge(
+    "doodle_proposals_ready", "Proposed categories the next retraining may add", registry=None,
+    multiprocess_mode="livemostrecent",
+)
+MODEL_METRICS = (PREDICTIONS, CONFIDENCE, FEEDBACK, SERVING_VERSION, RELOADS, REGISTRY_UP, WAITING, PROPOSED,
+                 PROPOSALS_READY)
 
 
 def init_app(app) -> None:
@@ -51,6 +61,8 @@ def init_app(app) -> None:
     holder.on_reload = on_reload
     for result in ("success", "failure"):
         RELOADS.labels(result)  # exported at 0 from the start, so increase() sees a worker's first load
+    for outcome in ("proposal", "known", "refused"):
+        PROPOSED.labels(outcome)
     holder.on_check = lambda reachable: REGISTRY_UP.set(1 if reachable else 0)
     on_reload(None, holder.served)
     REGISTRY_UP.set(1 if holder.registry_reachable else 0)
@@ -60,6 +72,7 @@ def init_app(app) -> None:
         # Gauges that are costly or only true at a moment are refreshed when Prometheus scrapes.
         if request.path == "/metrics":
             WAITING.set(feedback.count(settings.feedback_dir))
+            PROPOSALS_READY.set(sum(p.ready for p in proposals.list_all(settings)))
 
 
 def on_reload(result: str | None, served) -> None:
@@ -84,3 +97,7 @@ def observe_prediction(version: str, label: str, confidence: float) -> None:
 
 def observe_feedback(version: str, predicted: str, label: str, kind: str) -> None:
     FEEDBACK.labels(version, predicted, label, kind).inc()
+
+
+def observe_proposal(outcome: str) -> None:
+    PROPOSED.labels(outcome).inc()

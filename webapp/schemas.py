@@ -62,6 +62,38 @@ class FeedbackResponse(BaseModel):
     kind: Literal["confirmed", "correction", "unprompted"]
 
 
+class ProposalRequest(Strict):
+    """A drawing that none of the known categories fits, with the category name the user typed for it."""
+
+    strokes: Strokes
+    name: Annotated[str, Field(min_length=1, max_length=100, description="as typed; the server normalises it")]
+    predicted_label: Label | None = None
+    model_version: Version | None = None
+
+
+class ProposalResponse(BaseModel):
+    id: str = Field(description="<folder>/<drawing id>")
+    name: str = Field(description="the normalised name, or the known category it matched")
+    known: bool = Field(description="true: a known category, so the drawing is stored as its ordinary feedback")
+    kind: Literal["proposal", "confirmed", "correction", "unprompted"]
+    count: int = Field(description="drawings now stored under this name (waiting feedback for a known category)")
+
+
+class Proposal(BaseModel):
+    name: str
+    display_name: str
+    status: Literal["pending", "approved"]
+    created_at: str
+    count: int
+    ready: bool = Field(description="the next retraining run may add it as a category")
+
+
+class ProposalsResponse(BaseModel):
+    min_drawings: int = Field(description="drawings a proposal needs before it is trained")
+    require_approval: bool = Field(description="an operator must approve a proposal before it is trained")
+    proposals: list[Proposal] = Field(description="most drawings first")
+
+
 class ModelResponse(BaseModel):
     status: Literal["ok", "degraded", "no_model"]
     version: str | None
