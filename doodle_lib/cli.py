@@ -1,8 +1,11 @@
-"""The `doodle` command: data download / prepare / checkout, train, evaluate."""
+"""The `doodle` command: data download / prepare / checkout, train, evaluate, proposals, stack."""
 from __future__ import annotations
 
+import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -184,3 +187,104 @@ def stack_status() -> None:
     click.echo(f"stack: {'running, pid ' + str(pid) if pid else 'not running'}")
     for name, url, ok in embedded.status(settings):
         click.echo(f"  {name:<12} {url:<28} {'healthy' if ok else 'down'}")
+
+
+@main.group()
+def proposals() -> None:
+    """Categories users proposed in the web app: list, approve, rename, merge, reject."""
+
+
+@proposals.command("list")
+def proposals_list() -> None:
+    """Each proposal with its drawings, status, and whether the next retraining may add it."""
+    from doodle_lib import proposals as store
+
+    settings = get_settings()
+    needs = f"{settings.proposal_min_drawings} drawings" + (
+        " and approval" if settings.proposals_require_approval else ""
+    )
+    found = store.list_all(settings)
+    click.echo(f"{len(found)} proposals; a proposal is ready with {needs}")
+    for p in found:
+        click.echo(f"  {p.name:<40} {p.count:>6} drawings  {p.status:<8}  {'ready' if p.ready else 'not ready'}")
+
+
+@proposals.command("approve")
+@click.argument("name")
+def proposals_approve(name: str) -> None:
+    """Let NAME be trained once it has enough drawings (needed when approval is required)."""
+    from doodle_lib import proposals as store
+
+    settings = get_settings()
+    with proposal_errors():
+        proposal = store.approve(settings, name)
+    click.echo(f"approved {proposal.name!r}: {proposal.count} of {settings.proposal_min_drawings} drawings")
+
+
+@proposals.command("rename")
+@click.argument("name")
+@click.argument("new")
+def proposals_rename(name: str, new: str) -> None:
+    """Rename NAME to NEW; if NEW is a known category or another proposal, merge into it."""
+    from doodle_lib import proposals as store
+
+    settings = get_settings()
+    with proposal_errors():
+        destination, moved = store.rename(settings, name, new, known_categories(settings))
+    click.echo(f"{name!r} is now {describe(destination)} ({moved} drawings moved)")
+
+
+@proposals.command("merge")
+@click.argument("name")
+@click.argument("into")
+def proposals_merge(name: str, into: str) -> None:
+    """Move the drawings of NAME into the proposal or known category INTO."""
+    from doodle_lib import proposals as store
+
+    settings = get_settings()
+    with proposal_errors():
+        destination, moved = store.merge(settings, name, into, known_categories(settings))
+    click.echo(f"merged {name!r} into {describe(destination)} ({moved} drawings moved)")
+
+
+@proposals.command("reject")
+@click.argument("name")
+@click.option("--reason", default="rejected by an operator", show_default=True, help="Kept beside the drawings.")
+def proposals_reject(name: str, reason: str) -> None:
+    """Set NAME's drawings aside under rejected/proposals/ with the reason; nothing is deleted."""
+    from doodle_lib import proposals as store
+
+    with proposal_errors():
+        folder = store.reject(get_settings(), name, reason)
+    click.echo(f"rejected {name!r}: its drawings are kept in {folder}")
+
+
+@contextmanager
+def proposal_errors() -> Iterator[None]:
+    """A refused name or operation as a one-line error and exit status 1, not a traceback."""
+    from doodle_lib.proposals import ProposalError
+
+    try:
+        yield
+    except ProposalError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def describe(destination) -> str:
+    kind = "the known category" if destination.known else "the proposal"
+    return f"{kind} {destination.name!r}"
+
+
+def known_categories(settings) -> list[str]:
+    """The production model's categories, as the web app offers them; the base data's while none is served."""
+    from doodle_lib import dataset, tracking
+
+    try:
+        version = tracking.production_version(settings, tracking.registry_client(settings))
+    except Exception as error:  # noqa: BLE001 - any registry failure: merging without the categories would guess
+        raise click.ClickException(f"cannot read the production model's categories: {error}") from None
+    if version is None:
+        return dataset.categories_in(settings.sample_dir)
+    if "categories" in version.tags:  # every version registered by training carries them
+        return json.loads(version.tags["categories"])
+    return tracking.load_version(settings, version.version).categories
