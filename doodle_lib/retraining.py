@@ -1,7 +1,8 @@
 """The retraining pipeline's stages, one function each: Airflow tasks call them, tests call them directly.
 
-snapshot -> ingest -> version_dataset -> train_candidate -> evaluate_candidate -> register_candidate
--> promote_candidate -> cleanup. Every stage works from paths derived from the run's batch name and
+snapshot -> ingest -> version_dataset -> plan_candidates + start_experiment -> train_candidate and
+evaluate_candidate once per candidate (in parallel) -> choose_candidate -> register_candidate -> promote_candidate
+-> cleanup. Every stage works from paths derived from the run's batch name and
 returns a small JSON-able dict, so a retried stage redoes the same work and XCom carries little.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -155,18 +156,71 @@ def version_dataset(settings: Settings) -> dict:
 # --- train ------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunOptions:
-    """What a run's params may change (the Airflow Params form)."""
+KINDS = ("fine-tune", "scratch")
+MAX_CANDIDATES = 8  # a run's grid is trained at once: more would only queue on a small machine
 
-    epochs: int | None = None
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model a run trains: how (kind, learning rate, width, epochs; None means the default) and its name."""
+
+    index: int
+    kind: str
     learning_rate: float | None = None
-    from_scratch: bool = False
+    width: int | None = None  # from scratch only: fine-tuning keeps production's width
+    epochs: int | None = None
 
-    @classmethod
-    def of(cls, params: dict | None) -> "RunOptions":
-        params = params or {}
-        return cls(params.get("epochs"), params.get("learning_rate"), bool(params.get("from_scratch", False)))
+    @property
+    def name(self) -> str:
+        """Unique within the run and safe as a folder name: `0-fine-tune`, `1-scratch-lr0.001-w32`."""
+        parts = [str(self.index), self.kind]
+        if self.learning_rate is not None:
+            parts.append(f"lr{self.learning_rate:g}")
+        if self.width is not None:
+            parts.append(f"w{self.width}")
+        return "-".join(parts)
+
+
+def plan_candidates(params: dict | None, kinds: list[str] | None = None) -> list[dict]:
+    """The run's candidates from its params: every kind x learning rate (x width, from scratch), deduplicated."""
+    params = params or {}
+    kinds = list(dict.fromkeys(kinds or params.get("kinds") or ["fine-tune"]))
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown candidate kinds {unknown}: use {list(KINDS)}")
+    rates = list(dict.fromkeys(params.get("learning_rates") or [None]))
+    widths = list(dict.fromkeys(params.get("widths") or [None]))
+    grid = [
+        (kind, rate, width)
+        for kind in kinds
+        for rate in rates
+        for width in (widths if kind == "scratch" else [None])
+    ]
+    if len(grid) > MAX_CANDIDATES:
+        raise ValueError(f"{len(grid)} candidates asked for; at most {MAX_CANDIDATES} train in one run")
+    epochs = params.get("epochs")
+    return [asdict(Candidate(i, kind, rate, width, epochs)) for i, (kind, rate, width) in enumerate(grid)]
+
+
+def start_experiment(settings: Settings, run_id: str, batch: str, dataset_version: str, candidates: list[dict]) -> dict:
+    """The parent MLflow run of the Airflow run's candidates (a retry finds the first one)."""
+    from doodle_lib import tracking
+
+    client = tracking.client(settings)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    found = client.search_runs(
+        [experiment.experiment_id], f"tags.airflow_run_id = '{run_id}' and tags.role = 'candidates'"
+    )
+    if found:
+        parent = found[0].info.run_id
+    else:
+        tags = {"airflow_run_id": run_id, "batch": batch, "dataset_version": dataset_version, "role": "candidates"}
+        run = client.create_run(experiment.experiment_id, tags=tags, run_name=f"candidates {batch}")
+        parent = run.info.run_id
+        client.log_dict(parent, {"candidates": candidates}, "candidates.json")
+    url = mlflow_url(settings, f"experiments/{experiment.experiment_id}/runs/{parent}")
+    log.info("%d candidates under MLflow run %s: %s", len(candidates), parent, [Candidate(**c).name for c in candidates])
+    return {"parent_run_id": parent, "mlflow_url": url}
 
 
 def training_parts(settings: Settings, batch: str) -> tuple[dataset.Split, dataset.Split]:
@@ -192,63 +246,76 @@ def mlflow_url(settings: Settings, path: str) -> str:
     return f"{base}/#/{path}" if base.startswith("http") else ""
 
 
-def train_candidate(settings: Settings, run_id: str, batch: str, dataset_version: str, params: dict | None = None) -> dict:
-    """Fine-tune production on old data plus the batch (or train from scratch); log the MLflow run."""
+def train_candidate(
+    settings: Settings, run_id: str, batch: str, dataset_version: str, candidate: dict, parent_run_id: str | None = None
+) -> dict:
+    """Train one candidate: fine-tune production on old data plus the batch, or from scratch; one MLflow run."""
     import mlflow
 
     from doodle_lib import model as doodle_model
     from doodle_lib import tracking, training
 
-    options = RunOptions.of(params)
+    spec = Candidate(**candidate)
     old, new = training_parts(settings, batch)
-    production = None if options.from_scratch or len(new) == 0 else tracking.load_production(settings)
+    fine_tune = spec.kind == "fine-tune" and len(new) > 0
+    production = tracking.load_production(settings) if fine_tune else None
     kind = "fine-tune" if production else "scratch"
-    epochs = options.epochs or (settings.fine_tune_epochs if production else settings.retrain_epochs)
+    epochs = spec.epochs or (settings.fine_tune_epochs if production else settings.retrain_epochs)
     config = training.TrainConfig(epochs=epochs, threads=settings.torch_threads)
     if production:
         config.learning_rate = settings.fine_tune_learning_rate
-    if options.learning_rate:
-        config.learning_rate = options.learning_rate
-    tags = {"airflow_run_id": run_id, "batch": batch, "kind": kind, "dataset_version": dataset_version}
-    end_abandoned_runs(settings, run_id)
+        config.width = production[0].width
+    elif spec.width:
+        config.width = spec.width
+    if spec.learning_rate:
+        config.learning_rate = spec.learning_rate
+    tags = {
+        "airflow_run_id": run_id, "batch": batch, "kind": kind, "dataset_version": dataset_version,
+        "candidate": spec.name, "role": "candidate",
+    }
+    end_abandoned_runs(settings, run_id, spec.name)
     started = time.monotonic()
-    with tracking.training_run(settings, f"retrain {batch}", tags) as mlflow_run_id:
+    with tracking.training_run(settings, f"{spec.name} {batch}", tags, parent_run_id) as mlflow_run_id:
         mlflow.log_params(config.params())
         mlflow.log_params({"dataset_version": dataset_version, "feedback_count": len(new), "old_count": len(old)})
         if production:
-            candidate, version = production
+            candidate_model, version = production
             mlflow.set_tag("base_version", version.version)
-            training.fine_tune(candidate, new, old, config, on_epoch=tracking.log_epoch)
+            training.fine_tune(candidate_model, new, old, config, on_epoch=tracking.log_epoch)
         else:
             everything = dataset.Split(np.concatenate([old.x, new.x]), np.concatenate([old.y, new.y]))
             categories = sorted(np.unique(everything.y).tolist())
-            candidate, _ = training.train(everything, categories, config, on_epoch=tracking.log_epoch)
+            candidate_model, _ = training.train(everything, categories, config, on_epoch=tracking.log_epoch)
         seconds = time.monotonic() - started
         mlflow.log_metric("train_seconds", seconds)
-        model_uri = tracking.log_model(candidate)
+        model_uri = tracking.log_model(candidate_model)
         experiment_id = mlflow.active_run().info.experiment_id
-    checkpoint = settings.runs_dir / batch / CANDIDATE
-    atomic.write_bytes(checkpoint, doodle_model.checkpoint_bytes(candidate))
-    log.info("%s candidate trained in %.1fs on %d old + %d new drawings: run %s", kind, seconds, len(old), len(new), mlflow_run_id)
+    checkpoint = settings.runs_dir / batch / spec.name / CANDIDATE
+    atomic.write_bytes(checkpoint, doodle_model.checkpoint_bytes(candidate_model))
+    log.info("%s (%s) trained in %.1fs on %d old + %d new drawings: run %s", spec.name, kind, seconds, len(old), len(new), mlflow_run_id)
     return {
+        "candidate": spec.name,
         "mlflow_run_id": mlflow_run_id,
         "model_uri": model_uri,
         "kind": kind,
         "epochs": epochs,
+        "learning_rate": config.learning_rate,
+        "width": config.width,
         "train_seconds": round(seconds, 3),
         "checkpoint": str(checkpoint),
         "mlflow_url": mlflow_url(settings, f"experiments/{experiment_id}/runs/{mlflow_run_id}"),
     }
 
 
-def end_abandoned_runs(settings: Settings, run_id: str) -> None:
-    """Mark MLflow runs a killed try of this Airflow run left RUNNING as KILLED."""
+def end_abandoned_runs(settings: Settings, run_id: str, candidate: str) -> None:
+    """Mark the MLflow runs a killed try of this candidate left RUNNING as KILLED (its siblings' runs go on)."""
     from doodle_lib import tracking
 
     client = tracking.client(settings)
     experiment = client.get_experiment_by_name(settings.experiment)
     for run in client.search_runs(
-        [experiment.experiment_id], f"tags.airflow_run_id = '{run_id}' and attributes.status = 'RUNNING'"
+        [experiment.experiment_id],
+        f"tags.airflow_run_id = '{run_id}' and tags.candidate = '{candidate}' and attributes.status = 'RUNNING'",
     ):
         log.warning("ending MLflow run %s left running by an earlier try", run.info.run_id)
         client.set_terminated(run.info.run_id, "KILLED")
@@ -313,6 +380,42 @@ def flat_metrics(figures: dict) -> dict[str, float]:
     return metrics
 
 
+# --- choose ----------------------------------------------------------------------------------
+
+
+def _eval_rank(item: dict) -> tuple[float, float]:
+    """Sort key of an evaluated candidate: evaluation-set accuracy, then lower loss."""
+    result = item["figures"]["candidate"]["eval"]
+    return result["accuracy"], -(np.inf if result["loss"] is None else result["loss"])
+
+
+def choose_candidate(settings: Settings, experiment: dict, evaluated: list[dict]) -> dict:
+    """The best candidate on the evaluation set goes on; the ranking and why are recorded on the parent run."""
+    from doodle_lib import tracking
+
+    ranked = sorted(evaluated, key=_eval_rank, reverse=True)  # stable: a tie goes to the earlier candidate
+    best = ranked[0]
+    lines = [
+        f"{item['trained']['candidate']} eval {_pct(item['figures']['candidate']['eval']['accuracy'])} "
+        f"loss {_loss(item['figures']['candidate']['eval']['loss'])}"
+        for item in ranked
+    ]
+    reason = (
+        f"chose {best['trained']['candidate']}, the best evaluation-set accuracy (then loss) of {len(ranked)} "
+        f"candidates: " + "; ".join(lines)
+    )
+    parent = experiment["parent_run_id"]
+    client = tracking.client(settings)
+    client.set_tag(parent, "chosen_candidate", best["trained"]["candidate"])
+    client.set_tag(parent, "chosen_run_id", best["trained"]["mlflow_run_id"])
+    client.set_tag(parent, "choice", reason[:5000])
+    client.log_metric(parent, "best_eval_accuracy", best["figures"]["candidate"]["eval"]["accuracy"])
+    client.log_dict(parent, {"ranked": [{**item["trained"], **flat_metrics(item["figures"])} for item in ranked]}, "choice.json")
+    client.set_terminated(parent, "FINISHED")
+    log.info(reason)
+    return {"trained": best["trained"], "figures": best["figures"], "choice": reason, "mlflow_url": experiment["mlflow_url"]}
+
+
 # --- the promotion gate -----------------------------------------------------------------------
 
 
@@ -366,7 +469,9 @@ def decide(figures: dict, tolerance_points: float) -> Decision:
 # --- register and promote ---------------------------------------------------------------------
 
 
-def register_candidate(settings: Settings, run_id: str, trained: dict, dataset_version: str, figures: dict) -> dict:
+def register_candidate(
+    settings: Settings, run_id: str, trained: dict, dataset_version: str, figures: dict, choice: str = ""
+) -> dict:
     """Register the candidate as a new model version, once per Airflow run (a retry finds the first)."""
     from doodle_lib import tracking
 
@@ -387,12 +492,15 @@ def register_candidate(settings: Settings, run_id: str, trained: dict, dataset_v
             "categories": json.dumps(checkpoint_categories),
             "airflow_run_id": run_id,
             "kind": trained["kind"],
+            "candidate": trained.get("candidate", ""),
             "promotion": "pending: the promotion gate has not run yet",
         }
         description = (
             f"{trained['kind']} by Airflow run {run_id} on dataset {dataset_version}: "
             f"eval accuracy {_pct(c_eval['accuracy'])}. MLflow run: {trained['mlflow_url'] or trained['mlflow_run_id']}"
         )
+        if choice:
+            description += f"\nCandidates: {choice}"
         version = tracking.register(settings, trained["model_uri"], trained["mlflow_run_id"], tags, description)
         log.info("registered %s version %s", settings.model_name, version.version)
     return {"version": str(version.version), "mlflow_url": mlflow_url(settings, f"models/{settings.model_name}/versions/{version.version}")}

@@ -42,12 +42,14 @@ def client(settings: Settings) -> "MlflowClient":
 
 
 @contextmanager
-def training_run(settings: Settings, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """An active MLflow run for one training; yields its run id."""
+def training_run(
+    settings: Settings, run_name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None
+) -> Iterator[str]:
+    """An active MLflow run for one training (nested under `parent_run_id` when given); yields its run id."""
     import mlflow
 
     client(settings)
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         yield run.info.run_id
 
 

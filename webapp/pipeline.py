@@ -33,10 +33,16 @@ def recent_runs() -> list[dict]:
                 "state": run["state"],
                 "start": run.get("start_date"),
                 "end": run.get("end_date"),
-                "stages": [{"task": t["task_id"], "state": t["state"], "seconds": t.get("duration")} for t in tasks],
+                "stages": [{"task": stage_name(t), "state": t["state"], "seconds": t.get("duration")} for t in tasks],
                 "result": outcome(client, path, tasks),
             })
     return sorted(runs, key=lambda r: r["start"] or "", reverse=True)
+
+
+def stage_name(task: dict) -> str:
+    """A task's id; a mapped task's instances (one per candidate) as `train[0]`, `train[1]`, ..."""
+    index = task.get("map_index", -1)
+    return task["task_id"] if index is None or index < 0 else f"{task['task_id']}[{index}]"
 
 
 def outcome(client: AirflowClient, run_path: str, tasks: list[dict]) -> dict | None:

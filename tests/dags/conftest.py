@@ -72,7 +72,10 @@ def dagbag(airflow_db):
 
 
 def run_dag(dag, **conf):
-    """dag.test() with a run conf; returns (dag run, {task_id: state})."""
+    """dag.test() with a run conf; returns (dag run, {task_id: state}), mapped instances as `task_id[map_index]`."""
     run = dag.test(run_conf=conf or None)
-    states = {ti.task_id: getattr(ti.state, "value", ti.state) for ti in run.get_task_instances()}
+    states = {
+        ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": getattr(ti.state, "value", ti.state)
+        for ti in run.get_task_instances()
+    }
     return run, states

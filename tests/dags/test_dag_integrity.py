@@ -28,10 +28,10 @@ def test_tags_retries_doc_and_one_run_at_a_time(dagbag, dag_id):
             assert task.retries >= 1 and task.retry_delay.total_seconds() > 0, task.task_id
 
 
-def test_train_and_register_link_to_mlflow(dagbag):
+def test_train_choose_and_register_link_to_mlflow(dagbag):
     for dag_id in ("retrain", "retrain_from_scratch"):
         dag = dagbag.get_dag(dag_id)
-        for task_id in ("train", "register"):
+        for task_id in ("train", "choose", "register"):
             assert [link.name for link in dag.get_task(task_id).operator_extra_links] == ["MLflow"]
 
 

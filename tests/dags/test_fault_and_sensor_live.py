@@ -59,8 +59,8 @@ def test_killed_train_task_is_cleared_and_reruns_without_losing_or_doubling_draw
         stack.wait_until(lambda: stack.run_state("retrain", run_id) in ("success", "failed"), 300, "the run finished", every=0.5)
         stack.set_paused("retrain", True)
         states = {ti.task_id: ti.state for ti in stack.task_instances("retrain", run_id)}
-        links = {task: stack.api_get(api, f"/api/v2/dags/retrain/dagRuns/{run_id}/taskInstances/{task}/links")["extra_links"]
-                 for task in ("train", "register")}
+        links = {task: stack.api_get(api, f"/api/v2/dags/retrain/dagRuns/{run_id}/taskInstances/{task}/links?map_index={index}")["extra_links"]
+                 for task, index in (("train", 0), ("choose", -1), ("register", -1))}
         train_tries = stack.task_state("retrain", run_id, "train").try_number
 
     assert stack.run_state("retrain", run_id) == "success", states
@@ -70,13 +70,14 @@ def test_killed_train_task_is_cleared_and_reruns_without_losing_or_doubling_draw
     assert sorted(in_dataset) == sorted(counted) and len(set(in_dataset)) == len(in_dataset)
     assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(late)
     assert not (settings.batches_dir / world.batch_name(run_id)).exists()
-    # One registered version for the run; the killed try's MLflow run is marked KILLED.
+    # One registered version for the run; the killed try's MLflow run is marked KILLED, the parent run finished.
     registered = tracking.client(settings).search_model_versions(f"name = '{settings.model_name}' and tags.airflow_run_id = '{run_id}'")
     assert len(registered) == 1
     statuses = sorted(run.info.status for run in mlflow_runs(settings, run_id))
-    assert statuses == ["FINISHED", "KILLED"]
-    # The UI's extra links lead to the MLflow run and the model version.
+    assert statuses == ["FINISHED", "FINISHED", "KILLED"]
+    # The UI's extra links lead to the MLflow runs (the candidate's and the parent) and the model version.
     assert re.fullmatch(rf"{settings.tracking_uri}/#/experiments/\d+/runs/\w+", links["train"]["MLflow"]), links
+    assert re.fullmatch(rf"{settings.tracking_uri}/#/experiments/\d+/runs/\w+", links["choose"]["MLflow"]), links
     assert links["register"]["MLflow"] == f"{settings.tracking_uri}/#/models/{settings.model_name}/versions/{registered[0].version}"
     # Airflow's own metrics and the pipeline's figures went to statsd.
     names = {line.split(":")[0] for line in metrics}

@@ -11,7 +11,7 @@ from tests.dags import world
 from tests.dags.conftest import run_dag
 
 pytestmark = pytest.mark.slow
-STAGES = ["snapshot", "ingest", "version", "train", "evaluate", "register", "promote", "cleanup"]
+STAGES = ["snapshot", "ingest", "version", "plan", "train[0]", "evaluate[0]", "choose", "register", "promote", "cleanup"]
 
 
 def versions(settings) -> dict[str, dict]:
@@ -48,6 +48,31 @@ def test_enough_good_feedback_is_promoted_and_its_dataset_checks_out(dagbag, ret
     assert file_hashes(restored) == file_hashes(settings.dataset_dir)
     stored = versioning.stored_files(settings.dvc_remote_dir, tags["dataset_version"])
     assert {path: md5 for path, md5 in file_hashes(restored).items()} == stored
+
+
+def test_three_candidates_train_under_one_parent_run_and_only_the_best_is_registered(dagbag, retrain_world):
+    settings = retrain_world
+    world.save_feedback(settings, 30)
+
+    run, states = run_dag(
+        dagbag.get_dag("retrain"), threshold=30, epochs=1, kinds=["fine-tune", "scratch"], learning_rates=[3e-3], widths=[8, 16],
+    )
+
+    assert set(states.values()) == {"success"}
+    assert {task for task in states if task.startswith("train[")} == {"train[0]", "train[1]", "train[2]"}
+    client = tracking.client(settings)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    [parent] = client.search_runs([experiment.experiment_id], f"tags.airflow_run_id = '{run.run_id}' and tags.role = 'candidates'")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["candidate"] for c in children) == ["0-fine-tune-lr0.003", "1-scratch-lr0.003-w8", "2-scratch-lr0.003-w16"]
+    assert all(c.info.status == "FINISHED" and "eval_accuracy" in c.data.metrics for c in children)
+    best = max(children, key=lambda c: (c.data.metrics["eval_accuracy"], -c.data.metrics["eval_loss"]))
+    assert parent.data.tags["chosen_run_id"] == best.info.run_id
+    assert parent.data.tags["choice"].startswith(f"chose {best.data.tags['candidate']},")
+
+    [registered] = [v for v in client.search_model_versions(f"name = '{settings.model_name}'") if v.tags.get("airflow_run_id") == run.run_id]
+    assert registered.run_id == best.info.run_id and registered.tags["candidate"] == best.data.tags["candidate"]
+    assert "Candidates: chose" in registered.description
 
 
 def test_shuffled_labels_are_registered_but_not_promoted(dagbag, retrain_world):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -114,6 +115,60 @@ def test_gate(case, promote, says):
         assert "production" in decision.reason and "candidate" in decision.reason  # both models' numbers
 
 
+@pytest.mark.parametrize(
+    "params, kinds, names",
+    [
+        (None, None, ["0-fine-tune"]),
+        ({"kinds": ["fine-tune", "scratch"]}, None, ["0-fine-tune", "1-scratch"]),
+        ({"learning_rates": [0.001, 0.003], "widths": [16, 32]}, ["scratch"],
+         ["0-scratch-lr0.001-w16", "1-scratch-lr0.001-w32", "2-scratch-lr0.003-w16", "3-scratch-lr0.003-w32"]),
+        # Widths only vary from-scratch candidates; a repeated value is one candidate.
+        ({"kinds": ["fine-tune", "scratch"], "learning_rates": [0.001, 0.001], "widths": [8, 24]}, None,
+         ["0-fine-tune-lr0.001", "1-scratch-lr0.001-w8", "2-scratch-lr0.001-w24"]),
+    ],
+)
+def test_plan_candidates_is_the_grid_of_the_params(params, kinds, names):
+    planned = retraining.plan_candidates(params, kinds)
+    assert [retraining.Candidate(**c).name for c in planned] == names
+    assert [c["index"] for c in planned] == list(range(len(names)))
+
+
+@pytest.mark.parametrize(
+    "params, says",
+    [
+        ({"kinds": ["transfer"]}, "unknown candidate kinds ['transfer']"),
+        ({"kinds": ["scratch"], "learning_rates": [1e-4, 2e-4, 3e-4], "widths": [8, 16, 32]}, "9 candidates asked for"),
+    ],
+)
+def test_plan_candidates_refuses_unknown_kinds_and_oversized_grids(params, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        retraining.plan_candidates(params)
+
+
+def evaluated(name: str, accuracy: float, loss: float) -> dict:
+    result = {"accuracy": accuracy, "loss": loss, "count": 100}
+    return {
+        "trained": {"candidate": name, "mlflow_run_id": f"run-{name}"},
+        "figures": {"candidate": {"eval": result, "feedback": None}, "production": None, "production_version": None, "feedback_count": 0},
+    }
+
+
+def test_choose_takes_the_best_on_the_evaluation_set_and_records_why_on_the_parent_run(settings):
+    candidates = retraining.plan_candidates({"learning_rates": [1e-3, 2e-3, 3e-3]})
+    run_id = f"manual__{settings.model_name}"  # the MLflow server is shared by the session's tests
+    experiment = retraining.start_experiment(settings, run_id, "batch", "abc", candidates)
+    assert retraining.start_experiment(settings, run_id, "batch", "abc", candidates) == experiment  # a retry reuses it
+    chosen = retraining.choose_candidate(
+        settings, experiment, [evaluated("a", 0.90, 0.3), evaluated("b", 0.92, 0.4), evaluated("c", 0.92, 0.2)]
+    )
+    assert chosen["trained"]["candidate"] == "c"  # tied on accuracy with b, lower loss
+    assert chosen["choice"].startswith("chose c,") and chosen["choice"].index("c eval") < chosen["choice"].index("a eval")
+    parent = tracking.client(settings).get_run(experiment["parent_run_id"])
+    assert parent.data.tags["chosen_candidate"] == "c" and parent.data.tags["chosen_run_id"] == "run-c"
+    assert parent.data.tags["choice"] == chosen["choice"] and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_eval_accuracy"] == 0.92
+
+
 def test_cleanup_removes_a_batch_only_once_the_remote_holds_it(local):
     train, _ = dataset.build_base(
         local.sample_dir, local.dataset_dir, local.evaluation_path, ["cat", "fish"], eval_per_category=10, max_per_category=30
@@ -139,8 +194,9 @@ def test_train_evaluate_register_twice_gives_one_version(settings):
     retraining.snapshot(settings, "run-1", keys)
     retraining.ingest(settings, "run-1")
     version = retraining.version_dataset(settings)["dataset_version"]
-    trained = retraining.train_candidate(settings, "run-1", "run-1", version, {"epochs": 1})
-    assert trained["kind"] == "scratch"  # no production model yet
+    [candidate] = retraining.plan_candidates({"epochs": 1})
+    trained = retraining.train_candidate(settings, "run-1", "run-1", version, candidate)
+    assert trained["kind"] == "scratch"  # fine-tuning asked for, but there is no production model yet
     results = retraining.evaluate_candidate(settings, "run-1", trained)
     assert results["production"] is None and results["feedback_count"] == 4
     first = retraining.register_candidate(settings, "run-1", trained, version, results)

@@ -56,8 +56,8 @@ def test_corrections_become_a_served_model_and_bad_ones_do_not(platform):
     assert [run["state"] for run in first] == ["success"]
     states = stack.task_states("retrain", first[0]["dag_run_id"])
     assert set(states.values()) == {"success"}, states
-    assert {"wait_for_feedback", "snapshot", "ingest", "version", "train", "evaluate", "register", "promote",
-            "cleanup"} <= states.keys()
+    assert {"wait_for_feedback", "snapshot", "ingest", "version", "plan", "train", "evaluate", "choose", "register",
+            "promote", "cleanup"} <= states.keys()
     assert registry.get_model_version_by_alias("doodle-classifier", "production").version == new_version
     assert registry.get_model_version("doodle-classifier", new_version).tags["airflow_run_id"] == first[0]["dag_run_id"]
     [shown] = [run for run in call(f"{stack.webapp}/api/pipeline")["runs"] if run["run_id"] == first[0]["dag_run_id"]]

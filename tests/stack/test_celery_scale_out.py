@@ -1,6 +1,7 @@
 """Scale-out on the real engine: Airflow with the CeleryExecutor on PostgreSQL and Redis, two Celery workers, MLflow
-on PostgreSQL; the retraining DAG, triggered through the REST API with feedback waiting, runs on the workers, and
-survives one worker being killed in the middle of training (the task is retried on the other), losing nothing.
+on PostgreSQL; the retraining DAG, triggered through the REST API with feedback waiting, runs on the workers (its two
+candidates train at once, one on each), and survives one worker being killed in the middle of training (the task
+is retried on the other), losing nothing.
 
 Configuration is the embedded stack's (doodle_lib.stack.environment and airflow_environment) with the keys
 docker-compose.yaml sets for Celery and PostgreSQL; the entry points are the ones compose runs.
@@ -28,6 +29,7 @@ THRESHOLD = 20
 COUNTED = THRESHOLD + 4  # the sensor hands on every complete drawing once at least THRESHOLD wait
 LATE = 5  # drawings that arrive while the run trains: they must wait for the next run
 EPOCHS = 40  # long enough to kill the train task in the middle, short enough to run it twice
+LEARNING_RATES = [3e-4, 1e-3]  # two fine-tuning candidates, trained as two mapped task instances
 WORKERS = ("doodle-worker-1", "doodle-worker-2")
 HEARTBEAT_TIMEOUT = 30  # seconds without a heartbeat before the scheduler fails a task (default 300)
 RUN_TIMEOUT = 420
@@ -69,11 +71,13 @@ class AirflowApi:
         return self.call("GET", self.run_path(dag_id, run_id))
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        """The run's task instances by task id; a mapped task's as `task_id[map_index]`."""
         found = self.call("GET", f"{self.run_path(dag_id, run_id)}/taskInstances")["task_instances"]
-        return {ti["task_id"]: ti for ti in found}
+        return {ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]": ti for ti in found}
 
-    def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict]:
-        return self.call("GET", f"{self.run_path(dag_id, run_id)}/taskInstances/{task_id}/tries")["task_instances"]
+    def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
+        mapped = "" if map_index < 0 else f"/{map_index}"
+        return self.call("GET", f"{self.run_path(dag_id, run_id)}/taskInstances/{task_id}{mapped}/tries")["task_instances"]
 
 
 def training_started(settings: Settings, run_id: str) -> bool:
@@ -87,6 +91,7 @@ def training_started(settings: Settings, run_id: str) -> bool:
 
 
 def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path):
+    """Two candidates train at once, one on each worker; the worker of the first is killed mid-training."""
     logs = tmp_path / "logs"
     with ExitStack() as services:
         # PostgreSQL for Airflow's metadata and Celery's results, and for MLflow; Redis as the broker.
@@ -141,15 +146,17 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
         counted = world.save_feedback(settings, COUNTED)  # feedback waits before the run is triggered
         # Unpausing also starts the @continuous schedule's run, and only one run is active at a time: queued runs
         # start in run_after order, so the triggered run is dated before any scheduled one to go first.
-        conf = {"threshold": THRESHOLD, "wait_minutes": 5, "epochs": EPOCHS}
+        conf = {"threshold": THRESHOLD, "wait_minutes": 5, "epochs": EPOCHS, "learning_rates": LEARNING_RATES}
         run_id = api.trigger("retrain", conf, run_after=datetime.now(timezone.utc) - timedelta(hours=1))["dag_run_id"]
         api.set_paused("retrain", False)
 
-        # Kill the worker that runs train once training is under way (an epoch is logged to MLflow).
+        # Both candidates train at once, one a worker (each runs one task at a time). Kill the first candidate's
+        # worker once training is under way (an epoch is logged to MLflow).
         wait_until(lambda: training_started(settings, run_id), 240, "the first training epoch logged", log=logs / "scheduler.log")
-        train = api.task_instances("retrain", run_id)["train"]
-        assert train["state"] == "running" and train["hostname"] in WORKERS, train
-        victim = train["hostname"]
+        started = wait_until(lambda: (tis := api.task_instances("retrain", run_id)) and all(
+            tis[f"train[{i}]"]["state"] == "running" for i in range(len(LEARNING_RATES))) and tis, 60, "both candidates training")
+        assert {started[f"train[{i}]"]["hostname"] for i in range(len(LEARNING_RATES))} == set(WORKERS), started
+        victim = started["train[0]"]["hostname"]
         survivor = next(name for name in WORKERS if name != victim)
         cluster.kill_worker(victim)
         late = world.save_feedback(settings, LATE, start=100)
@@ -166,20 +173,21 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
         api.set_paused("retrain", True)
         assert waiting["hostname"] == survivor
         instances = api.task_instances("retrain", run_id)
-        train_tries = api.tries("retrain", run_id, "train")
+        train_tries = api.tries("retrain", run_id, "train", map_index=0)
 
         assert finished["state"] == "success", {task: ti["state"] for task, ti in instances.items()}
         # Every task ran on a Celery worker, from Celery's default queue; after the kill, only on the survivor.
-        assert set(instances) >= {"wait_for_feedback", "snapshot", "ingest", "version", "train", "evaluate", "register", "promote", "cleanup"}
+        assert set(instances) >= {"wait_for_feedback", "snapshot", "ingest", "version", "plan", "train[0]", "train[1]",
+                                  "evaluate[0]", "evaluate[1]", "choose", "register", "promote", "cleanup"}
         for task_id, ti in instances.items():
             assert ti["state"] == "success", (task_id, ti["state"])
             assert ti["hostname"] in WORKERS and ti["queue"] == "default", (task_id, ti["hostname"], ti["queue"])
-        for task_id in ("train", "evaluate", "register", "promote", "cleanup"):
+        for task_id in ("train[0]", "evaluate[0]", "evaluate[1]", "choose", "register", "promote", "cleanup"):
             assert instances[task_id]["hostname"] == survivor, (task_id, instances[task_id]["hostname"])
         # The killed try was failed by the scheduler (no heartbeat) and retried, on the other worker.
         by_try = {t["try_number"]: t for t in train_tries}
-        assert instances["train"]["try_number"] >= 2 and by_try[1]["hostname"] == victim, train_tries
-        assert by_try[instances["train"]["try_number"]]["hostname"] == survivor
+        assert instances["train[0]"]["try_number"] >= 2 and by_try[1]["hostname"] == victim, train_tries
+        assert by_try[instances["train[0]"]["try_number"]]["hostname"] == survivor
 
         # The new version is in the registry that MLflow keeps in PostgreSQL, with its lineage.
         client = tracking.client(settings)
@@ -188,7 +196,8 @@ def test_retraining_runs_on_celery_workers_and_survives_a_killed_worker(tmp_path
         assert registered.tags["feedback_count"] == str(COUNTED)
         experiment = client.get_experiment_by_name(settings.experiment)
         statuses = sorted(r.info.status for r in client.search_runs([experiment.experiment_id], f"tags.airflow_run_id = '{run_id}'"))
-        assert statuses == ["FINISHED", "KILLED"]  # the killed try's MLflow run was closed by the retry
+        # The parent run and both candidates' runs finished; the killed try's run was closed by the retry.
+        assert statuses == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
         import psycopg2
 
         with psycopg2.connect(postgres.url("mlflow", mlflow_password, "mlflow")) as connection, connection.cursor() as cursor:
