@@ -8,6 +8,7 @@ const message = document.getElementById("message");
 const rightButton = document.getElementById("right");
 const wrongButton = document.getElementById("wrong");
 const wrongLabel = document.getElementById("wrong-label");
+const newLabel = document.getElementById("new-label");
 const DEBOUNCE_MS = 120;
 let strokes = [];
 let current = null;
@@ -117,24 +118,50 @@ function show(answer) {
   if (version) version.textContent = answer.model_version;
 }
 
-async function send(label) {
-  const body = {strokes, label};
+async function save(path, body, thanks) {
   if (last) { body.predicted_label = last.predictions[0].label; body.model_version = last.model_version; }
-  const response = await fetch("/api/feedback", {
+  const response = await fetch(path, {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
   });
   const answer = await response.json();
   if (!response.ok) { say(answer.error || response.statusText, "error"); return; }
-  say(answer.kind === "confirmed" ? `Thanks! Saved as a ${label} (confirmed).`
-                                  : `Thanks! Saved as a ${label}: the model will learn from it.`, "ok");
+  say(thanks(answer), "ok");
   message.dataset.id = answer.id;
   strokes = [];
   changed();
 }
 
+function send(label) {
+  save("/api/feedback", {strokes, label}, (answer) => answer.kind === "confirmed"
+    ? `Thanks! Saved as a ${label} (confirmed).` : `Thanks! Saved as a ${label}: the model will learn from it.`);
+}
+
+function propose(name) {
+  // The server normalises the name and says what is wrong with it; here only an empty box is caught.
+  if (!name.trim()) { say("type a name for the new category", "error"); newLabel.focus(); return; }
+  save("/api/proposals", {strokes, name}, (answer) => {
+    loadProposals();
+    if (answer.known) return `"${answer.name}" is a category the model knows: saved as a ${answer.name}.`;
+    const drawings = answer.count === 1 ? "1 drawing" : `${answer.count} drawings`;
+    return `Thanks! Saved for the proposed category "${answer.name}" (${drawings} so far).`;
+  });
+}
+
+async function loadProposals() {
+  // Names already proposed, as suggestions: the same name gathers its drawings in one place.
+  const response = await fetch("/api/proposals");
+  if (!response.ok) return;
+  const options = (await response.json()).proposals.map(({name}) => new Option(name));
+  document.getElementById("proposal-names").replaceChildren(...options);
+}
+
 function say(text, kind) { message.textContent = text; message.className = kind; }
 
 rightButton.addEventListener("click", () => { if (last) send(last.predictions[0].label); });
-wrongButton.addEventListener("click", () => send(wrongLabel.value));
+wrongButton.addEventListener("click", () => wrongLabel.value ? send(wrongLabel.value) : propose(newLabel.value));
+wrongLabel.addEventListener("change", () => {
+  newLabel.hidden = wrongLabel.value !== "";  // the empty value is "none of these"
+  if (!newLabel.hidden) { newLabel.focus(); loadProposals(); }
+});
 window.addEventListener("resize", resize);
 resize();
