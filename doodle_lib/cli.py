@@ -231,7 +231,7 @@ def proposals_rename(name: str, new: str) -> None:
     settings = get_settings()
     with proposal_errors():
         destination, moved = store.rename(settings, name, new, known_categories(settings))
-    click.echo(f"{name!r} is now {describe(destination)} ({moved} drawings moved)")
+    click.echo(f"{name!r} is now {describe(destination)}; drawings moved: {moved}")
 
 
 @proposals.command("merge")
@@ -244,7 +244,7 @@ def proposals_merge(name: str, into: str) -> None:
     settings = get_settings()
     with proposal_errors():
         destination, moved = store.merge(settings, name, into, known_categories(settings))
-    click.echo(f"merged {name!r} into {describe(destination)} ({moved} drawings moved)")
+    click.echo(f"merged {name!r} into {describe(destination)}; drawings moved: {moved}")
 
 
 @proposals.command("reject")

@@ -1,8 +1,11 @@
 """The `doodle` command end to end on a temporary data dir, against the real MLflow server."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from doodle_lib import versioning
 
@@ -51,3 +54,40 @@ def test_errors_are_messages_not_tracebacks(settings):
     assert missing.returncode != 0 and "no version 42" in missing.stderr
     bad = doodle("data", "download", "--categories", "../etc", "--base-url", "http://127.0.0.1:9", env=env)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_proposals_commands(settings):
+    from doodle_lib import feedback, proposals
+
+    env = {**os.environ, "DOODLE_PROPOSAL_MIN_DRAWINGS": "2", "DOODLE_PROPOSALS_REQUIRE_APPROVAL": "true"}
+    bitmap = np.zeros((28, 28), dtype=np.uint8)
+    bitmap[5:20, 5:20] = 255
+    for name, typed in [("dog", "Dog"), ("dog", "dogs"), ("kitty", "kitty"), ("pup", "pup"), ("spam", "spam")]:
+        proposals.save(settings, name, typed, bitmap, {"source": "test"})
+
+    listed = doodle("proposals", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "4 proposals; a proposal is ready with 2 drawings and approval" in listed.stdout
+    assert re.search(r"dog +2 drawings +pending +not ready", listed.stdout), listed.stdout
+    approved = doodle("proposals", "approve", "DOG", env=env)
+    assert approved.returncode == 0 and "approved 'dog': 2 of 2 drawings" in approved.stdout
+    assert re.search(r"dog +2 drawings +approved +ready", doodle("proposals", "list", env=env).stdout)
+
+    renamed = doodle("proposals", "rename", "kitty", "Cats", env=env)  # no model served: the sample's categories
+    assert renamed.returncode == 0, renamed.stderr
+    assert "'kitty' is now the known category 'cat'; drawings moved: 1" in renamed.stdout
+    assert [ref.category for ref in feedback.complete(settings.feedback_dir)] == ["cat"]
+    merged = doodle("proposals", "merge", "pup", "dog", env=env)
+    assert merged.returncode == 0 and "into the proposal 'dog'; drawings moved: 1" in merged.stdout
+    rejected = doodle("proposals", "reject", "spam", "--reason", "not a drawing", env=env)
+    assert rejected.returncode == 0 and "rejected 'spam'" in rejected.stdout
+    [note] = (settings.rejected_dir / "proposals" / "spam").glob("rejected-*.json")
+    assert "not a drawing" in note.read_text()
+    assert [(p.name, p.count) for p in proposals.list_all(settings)] == [("dog", 3)]
+
+    for args, words in [(("approve", "wolf"), "no proposal named 'wolf'; proposals: dog"),
+                        (("reject", "../dog"), "letters a-z, digits and spaces"),
+                        (("merge", "dog", "owl"), "neither a proposal nor a known category"),
+                        (("rename", "dog", "!!"), "letters a-z")]:
+        refused = doodle("proposals", *args, env=env)
+        assert refused.returncode != 0 and words in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
