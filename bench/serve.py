@@ -52,13 +52,15 @@ def train_and_register(settings: Settings, epochs: int):
 
 
 def time_in_process(model, repeats: int = 3000) -> dict[str, float]:
-    """(a) One image's forward, and the web app's whole work for one request without HTTP; median ms."""
+    """(a) One image's forward through the model as trained (nn.Module), and the web app's whole work for one request
+    without HTTP (its serving form of the model); median ms."""
     import torch
 
     from doodle_lib.drawing import strokes_to_bitmap
-    from doodle_lib.model import predict_one
+    from doodle_lib.model import ServingCNN
 
     torch.set_num_threads(1)  # as in each gunicorn worker
+    serving = ServingCNN(model)  # what the web app runs
     drawings = [strokes for _, _, strokes in fixture_drawings()]
     bitmaps = [torch.from_numpy(strokes_to_bitmap(s)) for s in drawings]
     forward, work = [], []
@@ -69,7 +71,7 @@ def time_in_process(model, repeats: int = 3000) -> dict[str, float]:
             forward.append(time.perf_counter() - start)
     for i in range(repeats):
         start = time.perf_counter()
-        predict_one(model, strokes_to_bitmap(drawings[i % len(drawings)]))
+        serving.probabilities(strokes_to_bitmap(drawings[i % len(drawings)]))
         work.append(time.perf_counter() - start)
     skip = repeats // 10  # warm-up
     return {"forward_ms": float(np.median(forward[skip:])) * 1e3, "work_ms": float(np.median(work[skip:])) * 1e3}

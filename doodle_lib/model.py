@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -52,11 +53,55 @@ def predict_proba(model: DoodleCNN, bitmaps: np.ndarray) -> np.ndarray:
     return torch.softmax(model(torch.from_numpy(np.ascontiguousarray(bitmaps))), dim=1).numpy()
 
 
-def predict_one(model: DoodleCNN, bitmap: np.ndarray) -> np.ndarray:
-    """Class probabilities (C,) of one uint8 bitmap (28, 28), for serving: the model must already be in eval mode."""
-    # No model.eval() here: it walks every module on each call, a third of a single forward's time.
-    with torch.inference_mode():
-        return torch.softmax(model(torch.from_numpy(bitmap)), dim=1)[0].numpy()
+class ServingCNN:
+    """A DoodleCNN frozen for serving one drawing at a time: the same function as the model in eval mode.
+
+    Inference only, built from a trained model that it leaves untouched. BatchNorm is folded into the convolution
+    before it (eval mode uses the running statistics: a per-channel scale and shift), the input's /255 into the first
+    convolution, and the layers run as plain functions, without nn.Module's per-call dispatch. Feature maps after the
+    first convolution are channels-last, where max pooling is several times faster than on NCHW. One image's forward
+    takes 0.11 ms instead of 0.30 (one thread); logits differ from the module's by float rounding only (about 1e-7).
+    """
+
+    BLOCK = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
+    BODY = (nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout)
+
+    def __init__(self, model: DoodleCNN):
+        layers = [tuple(map(type, block)) for block in model.features] + [tuple(map(type, model.body))]
+        if layers != [self.BLOCK] * len(model.features) + [self.BODY]:
+            raise TypeError("ServingCNN mirrors DoodleCNN's layers one by one: change it with the architecture")
+        self.categories = list(model.categories)
+        with torch.no_grad():
+            blocks = list(model.features)
+            self.convolutions = [_fold(*block[:2], scale=1 / 255 if block is blocks[0] else 1.0) for block in blocks]
+            hidden, head = model.body[1], model.head
+            self.linears = [(hidden.weight.detach().clone(), hidden.bias.detach().clone()),
+                            (head.weight.detach().clone(), head.bias.detach().clone())]
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) for uint8 images (N, 28, 28) or one (28, 28); call under torch.inference_mode()."""
+        x = pixels.reshape(-1, 1, 28, 28).float()
+        for i, (weight, bias) in enumerate(self.convolutions):
+            x = F.conv2d(x, weight, bias, padding=1).relu_()
+            if i == 0:  # one input channel: the first output comes out NCHW whatever the input's layout
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = F.max_pool2d(x, 2)
+        (hidden_weight, hidden_bias), (head_weight, head_bias) = self.linears
+        x = F.linear(x.contiguous().flatten(1), hidden_weight, hidden_bias).relu_()  # NCHW order, as nn.Flatten
+        return F.linear(x, head_weight, head_bias)
+
+    def probabilities(self, bitmap: np.ndarray) -> np.ndarray:
+        """Class probabilities (C,) of one uint8 bitmap (28, 28)."""
+        with torch.inference_mode():
+            return torch.softmax(self.logits(torch.from_numpy(bitmap)), dim=1)[0].numpy()
+
+
+def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of one convolution that computes norm(conv(x * scale)) in eval mode (conv has no bias)."""
+    factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    weight = conv.weight * (factor * scale).reshape(-1, 1, 1, 1)
+    bias = norm.bias - norm.running_mean * factor
+    return weight.contiguous(memory_format=torch.channels_last), bias.clone()
 
 
 def checkpoint_bytes(model: DoodleCNN) -> bytes:

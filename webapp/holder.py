@@ -12,7 +12,7 @@ import numpy as np
 
 from doodle_lib import dataset, tracking
 from doodle_lib.drawing import strokes_to_bitmap
-from doodle_lib.model import DoodleCNN, predict_one
+from doodle_lib.model import ServingCNN
 from doodle_lib.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ WARM_UP_STROKES = [[[0, 10, 20], [0, 20, 0]]]
 class Served:
     """One loaded model version; immutable, so a request keeps a consistent one across a swap."""
 
-    model: DoodleCNN
+    model: ServingCNN  # the inference-only form: the registered model's function, about 3x faster a forward
     version: str
     loaded_at: datetime
 
@@ -35,7 +35,7 @@ class Served:
 
     def predict(self, bitmap: np.ndarray) -> np.ndarray:
         """Class probabilities of one 28x28 bitmap."""
-        return predict_one(self.model, bitmap)
+        return self.model.probabilities(bitmap)
 
 
 class ModelHolder:
@@ -101,7 +101,7 @@ class ModelHolder:
             self.last_error = f"loading version {version.version} failed: {error}"
             self.on_reload("failure", current)
             return
-        served = Served(model.eval(), str(version.version), datetime.now(timezone.utc))
+        served = Served(ServingCNN(model), str(version.version), datetime.now(timezone.utc))
         served.predict(strokes_to_bitmap(WARM_UP_STROKES))  # first calls load cairo and torch kernels: not in a request
         self.versions_seen.add(served.version)
         self.served = served
