@@ -86,3 +86,34 @@ def test_touch_drawing_on_a_phone_and_confirming(browser, webapp_url, settings, 
     assert len(record["strokes"]) == len(DRAWING[2])
     assert page.locator("#predictions li").count() == 0  # cleared for the next drawing
     context.close()
+
+
+def test_none_of_these_proposes_a_typed_category(browser, webapp_url, settings, versions):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    for stroke in canvas_points(page, DRAWING[2]):
+        page.mouse.move(*stroke[0])
+        page.mouse.down()
+        for point in stroke[1:]:
+            page.mouse.move(*point, steps=2)
+        page.mouse.up()
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    assert page.locator("#new-label").is_hidden()
+    page.select_option("#wrong-label", "")
+    assert page.locator("#new-label").is_visible()
+    page.fill("#new-label", "../dog")
+    page.click("#wrong")
+    page.locator("#message.error").wait_for(timeout=10_000)
+    assert "letters a-z" in page.locator("#message").inner_text()
+    assert not settings.proposals_dir.exists()
+    page.fill("#new-label", "  Dogs ")
+    page.click("#wrong")
+    page.locator("#message.ok").wait_for(timeout=10_000)
+    assert 'proposed category "dogs" (1 drawing so far)' in page.locator("#message").inner_text()
+    [ref] = feedback.complete(settings.proposals_dir)
+    record = feedback.read(settings.proposals_dir, ref)[1]
+    assert (ref.category, record["proposed_as"], record["kind"]) == ("dogs", "  Dogs ", "proposal")
+    assert record["predicted_label"] in CATEGORIES and len(record["strokes"]) == len(DRAWING[2])
+    assert feedback.complete(settings.feedback_dir) == []
+    page.locator('#proposal-names option[value="dogs"]').wait_for(state="attached", timeout=10_000)  # suggested now
+    page.close()

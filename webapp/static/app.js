@@ -151,7 +151,7 @@ async function loadProposals() {
   // Names already proposed, as suggestions: the same name gathers its drawings in one place.
   const response = await fetch("/api/proposals");
   if (!response.ok) return;
-  const options = (await response.json()).proposals.map(({name}) => new Option(name));
+  const options = (await response.json()).proposals.map(({name}) => new Option(name, name));
   document.getElementById("proposal-names").replaceChildren(...options);
 }
 
