@@ -192,12 +192,15 @@ def rename(settings: Settings, typed: str, new: str, known_categories: list[str]
 
 
 def merge(settings: Settings, typed: str, into: str, known_categories: list[str]) -> tuple[Target, int]:
-    """Move a proposal's drawings into another proposal (whose state stays) or a known category (as its feedback)."""
+    """Move a proposal's drawings into another proposal (whose state stays) or a known category (as its feedback).
+
+    Merging a proposal into itself once the model knows its name hands its drawings over as that category's feedback.
+    """
     proposal = get(settings, typed)
-    if normalise(into) == proposal.name:
-        raise ProposalError(f"cannot merge {proposal.name!r} into itself")
     others = set(names(settings)) - {proposal.name}
     destination = match(normalise(into), known_categories, others)
+    if destination == Target(proposal.name, False):
+        raise ProposalError(f"cannot merge {proposal.name!r} into itself")
     if not destination.known and destination.name not in others:
         raise ProposalError(f"{normalise(into)!r} is neither a proposal nor a known category; use rename")
     return destination, move_drawings(settings, proposal.name, destination)

@@ -166,6 +166,8 @@ def test_merge_into_a_proposal_or_a_known_category(settings):
     assert [(p.name, p.count) for p in proposals.list_all(settings)] == [("dog", 2), ("hot air baloon", 1)]
     assert proposals.merge(settings, "hot air baloon", "Hot-Air Balloon", KNOWN) == (Target("hot air balloon", True), 1)
     assert [ref.category for ref in feedback.complete(settings.feedback_dir)] == ["hot air balloon"]
+    assert proposals.merge(settings, "dog", "dog", KNOWN + ["dog"]) == (Target("dog", True), 2)  # learned since
+    assert proposals.list_all(settings) == [] and len(feedback.complete(settings.feedback_dir)) == 3
 
 
 @pytest.mark.parametrize("operation, words", [
