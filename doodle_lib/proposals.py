@@ -19,7 +19,7 @@ import json
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -261,3 +261,20 @@ def write_state(settings: Settings, name: str, state: dict) -> None:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+ACTIONS = ("list", "approve", "rename", "merge", "reject")
+
+
+def apply(settings: Settings, action: str, name: str, other: str, reason: str, known_categories: list[str]) -> dict:
+    """One operator action (the Airflow form's), as a JSON-able summary; ProposalError when it cannot be done."""
+    if action == "approve":
+        approve(settings, name)
+    elif action in ("rename", "merge"):
+        destination, moved = (rename if action == "rename" else merge)(settings, name, other, known_categories)
+        return {"action": action, "name": normalise(name), "into": destination.name, "known": destination.known, "moved": moved}
+    elif action == "reject":
+        return {"action": action, "name": normalise(name), "kept_in": str(reject(settings, name, reason))}
+    elif action != "list":
+        raise ProposalError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    return {"action": action, "proposals": [asdict(p) for p in list_all(settings)]}

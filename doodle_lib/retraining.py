@@ -7,6 +7,7 @@ returns a small JSON-able dict, so a retried stage redoes the same work and XCom
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from doodle_lib import atomic, dataset, feedback, versioning
+from doodle_lib import atomic, dataset, feedback, proposals, versioning
 from doodle_lib.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DATASET_FOLDER = "dataset"  # the DVC-tracked folder inside the data dir
+PROPOSALS_FOLDER = "proposals"  # inside the dataset folder: drawings of proposed categories, one .npz per batch
 MANIFEST = "manifest.json"  # inside a batch folder: the drawings the run took
 CANDIDATE = "candidate.pt"  # inside runs/<batch>/: the trained candidate's checkpoint
 STATS_PREFIX = "doodle.retrain"
@@ -43,20 +45,38 @@ def waiting(settings: Settings) -> list[str]:
     return [ref.key for ref in feedback.complete(settings.feedback_dir)]
 
 
+def production_categories(settings: Settings) -> list[str]:
+    """The categories of the production model (its version's tag), or none when there is no production model."""
+    from doodle_lib import tracking
+
+    version = tracking.production_version(settings)
+    return json.loads(version.tags.get("categories", "[]")) if version else []
+
+
 def snapshot(settings: Settings, run_id: str, keys: list[str]) -> dict:
-    """Move exactly the counted drawings into the run's batch folder; a retry finishes the same move."""
+    """Move the counted drawings and every ready proposal's into the run's batch folder; a retry finishes the same move."""
     batch = batch_name(run_id)
     folder = settings.batches_dir / batch
-    refs = [feedback.DrawingRef.parse(key) for key in keys]
-    gone = [ref for ref in refs if not _anywhere(ref, settings.feedback_dir, folder)]
-    if gone:  # another run (the weekly DAG, say) took them first: they are in its batch, not lost
-        log.warning("snapshot: %d counted drawings were taken by another run: %s", len(gone), [r.key for r in gone])
-        refs = [ref for ref in refs if ref not in gone]
-    feedback.move(refs, settings.feedback_dir, folder)
-    atomic.write_bytes(folder / MANIFEST, json.dumps({"run_id": run_id, "keys": [r.key for r in refs]}).encode())
-    log.info("snapshot: %d drawings moved to %s", len(refs), folder)
-    emit_stats(gauges={"snapshot_drawings": len(refs)})
-    return {"batch": batch, "count": len(refs)}
+    if (folder / MANIFEST).exists():  # a retry: the first try wrote down what it takes before moving anything
+        plan = json.loads((folder / MANIFEST).read_text())
+    else:
+        refs = [feedback.DrawingRef.parse(key) for key in keys]
+        gone = [ref for ref in refs if not _anywhere(ref, settings.feedback_dir, folder)]
+        if gone:  # another run (the weekly DAG, say) took them first: they are in its batch, not lost
+            log.warning("snapshot: %d counted drawings were taken by another run: %s", len(gone), [r.key for r in gone])
+        taken = {
+            proposal.name: [ref.key for ref in proposals.drawings(settings, proposal.name)]
+            for proposal in proposals.ready(settings, production_categories(settings))
+        }
+        plan = {"run_id": run_id, "keys": [ref.key for ref in refs if ref not in gone], "proposals": taken}
+        atomic.write_bytes(folder / MANIFEST, json.dumps(plan).encode())
+    feedback.move([feedback.DrawingRef.parse(key) for key in plan["keys"]], settings.feedback_dir, folder)
+    for name, proposal_keys in plan["proposals"].items():
+        feedback.move([feedback.DrawingRef.parse(key) for key in proposal_keys], settings.proposals_dir, folder)
+    count = len(plan["keys"]) + sum(len(k) for k in plan["proposals"].values())
+    log.info("snapshot: %d drawings moved to %s, proposed categories %s", count, folder, sorted(plan["proposals"]))
+    emit_stats(gauges={"snapshot_drawings": count})
+    return {"batch": batch, "count": count, "proposals": sorted(plan["proposals"])}
 
 
 def _anywhere(ref: feedback.DrawingRef, *folders: Path) -> bool:
@@ -65,8 +85,14 @@ def _anywhere(ref: feedback.DrawingRef, *folders: Path) -> bool:
 
 
 def batch_keys(settings: Settings, batch: str) -> list[str]:
-    """The drawings a batch holds, as its snapshot recorded them."""
-    return json.loads((settings.batches_dir / batch / MANIFEST).read_text())["keys"]
+    """The drawings a batch holds, as its snapshot recorded them: feedback, then proposals' drawings."""
+    plan = json.loads((settings.batches_dir / batch / MANIFEST).read_text())
+    return plan["keys"] + [key for keys in plan.get("proposals", {}).values() for key in keys]
+
+
+def batch_proposals(settings: Settings, batch: str) -> list[str]:
+    """The proposed categories whose drawings the batch took."""
+    return sorted(json.loads((settings.batches_dir / batch / MANIFEST).read_text()).get("proposals", {}))
 
 
 # --- ingest -----------------------------------------------------------------------------------
@@ -101,25 +127,50 @@ def checked_drawing(folder: Path, ref: feedback.DrawingRef) -> np.ndarray:
     return bitmap
 
 
+def proposals_file(settings: Settings, batch: str) -> Path:
+    """Where a batch's drawings of proposed categories live once ingested (trained only once accepted)."""
+    return settings.dataset_dir / PROPOSALS_FOLDER / f"{batch}.npz"
+
+
+def held_back(keys: list[str], share: float) -> np.ndarray:
+    """Which of a new category's drawings judge it instead of training it: a fixed share, picked by key hash."""
+    order = sorted(range(len(keys)), key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest())
+    flags = np.zeros(len(keys), dtype=bool)
+    flags[order[: max(1, round(len(keys) * share))]] = True
+    return flags
+
+
 def ingest(settings: Settings, batch: str) -> dict:
-    """Validate the batch's drawings and merge them into the training data; bad ones are copied aside."""
+    """Validate the batch's drawings and merge them into the data (proposed categories apart); bad ones go aside."""
     folder = settings.batches_dir / batch
-    images, labels, keys, rejected = [], [], [], []
+    proposed = set(batch_proposals(settings, batch))
+    good: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}  # by "is a proposal"
+    rejected = []
     for key in batch_keys(settings, batch):
         ref = feedback.DrawingRef.parse(key)
         try:
-            images.append(checked_drawing(folder, ref))
+            image = checked_drawing(folder, ref)
         except (OSError, ValueError) as problem:
             reject(settings, batch, folder, ref, str(problem))
             rejected.append(key)
             continue
-        labels.append(ref.category)
-        keys.append(key)
-    target = feedback_file(settings, batch)
+        images, labels, keys = good[ref.category in proposed]
+        images.append(image), labels.append(ref.category), keys.append(key)
+    images, labels, keys = good[False]
     if images:
-        atomic.write_npz(target, x=np.stack(images), y=np.array(labels), keys=np.array(keys))
-    log.info("ingest: %d drawings into %s, %d rejected %s", len(images), target, len(rejected), rejected)
-    return {"batch": batch, "ingested": len(images), "rejected": rejected}
+        atomic.write_npz(feedback_file(settings, batch), x=np.stack(images), y=np.array(labels), keys=np.array(keys))
+    images, labels, keys = good[True]
+    if images:
+        flags = np.zeros(len(keys), dtype=bool)
+        for name in proposed:  # each category's own share, so every new category has drawings to be judged on
+            rows = [i for i, label in enumerate(labels) if label == name]
+            flags[rows] = held_back([keys[i] for i in rows], settings.new_category_holdout)
+        atomic.write_npz(
+            proposals_file(settings, batch), x=np.stack(images), y=np.array(labels), keys=np.array(keys), held_back=flags
+        )
+    log.info("ingest: %d drawings, %d of proposed categories %s, %d rejected %s",
+             len(good[False][0]), len(good[True][0]), sorted(proposed), len(rejected), rejected)
+    return {"batch": batch, "ingested": len(good[False][0]) + len(good[True][0]), "rejected": rejected}
 
 
 def reject(settings: Settings, batch: str, folder: Path, ref: feedback.DrawingRef, reason: str) -> None:
@@ -134,12 +185,29 @@ def reject(settings: Settings, batch: str, folder: Path, ref: feedback.DrawingRe
     atomic.write_bytes(target / f"{ref.id}.reason.txt", reason.encode())
 
 
+def empty_split() -> dataset.Split:
+    return dataset.Split(np.zeros((0, 28, 28), np.uint8), np.array([], dtype=str))
+
+
+def concat(*splits: dataset.Split) -> dataset.Split:
+    """One split of several, in order."""
+    return dataset.Split(np.concatenate([s.x for s in splits]), np.concatenate([s.y for s in splits]))
+
+
 def read_batch(settings: Settings, batch: str) -> dataset.Split:
-    """The ingested drawings of a batch (empty when none were usable)."""
+    """The ingested feedback of a batch (empty when none was usable)."""
     path = feedback_file(settings, batch)
-    if not path.exists():
-        return dataset.Split(np.zeros((0, 28, 28), np.uint8), np.array([], dtype=str))
-    return dataset.read_split(path)
+    return dataset.read_split(path) if path.exists() else empty_split()
+
+
+def proposal_drawings(settings: Settings, categories: set[str], judge: bool) -> dataset.Split:
+    """Ingested drawings of these proposed categories, from every batch: the held-back ones (`judge`) or the others."""
+    parts = [empty_split()]
+    for path in sorted((settings.dataset_dir / PROPOSALS_FOLDER).glob("*.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            rows = np.isin(data["y"], sorted(categories)) & (data["held_back"] == judge)
+            parts.append(dataset.Split(data["x"][rows], data["y"][rows]))
+    return concat(*parts)
 
 
 # --- version ----------------------------------------------------------------------------------
@@ -223,20 +291,17 @@ def start_experiment(settings: Settings, run_id: str, batch: str, dataset_versio
     return {"parent_run_id": parent, "mlflow_url": url}
 
 
-def training_parts(settings: Settings, batch: str) -> tuple[dataset.Split, dataset.Split]:
-    """(old, new): every training drawing except this batch's, and this batch's."""
-    everything = dataset.load_training_data(settings.dataset_dir)
-    new = read_batch(settings, batch)
-    if len(new) == 0:
-        return everything, new
-    # The batch file is the last of the sorted feedback files only by accident: remove it by its keys.
+def training_parts(settings: Settings, batch: str, accepted: set[str], adding: set[str]) -> tuple[dataset.Split, dataset.Split]:
+    """(old, new): every training drawing but this batch's, with the `accepted` proposed categories; and this batch's,
+    with every training drawing of the categories it is `adding` (this batch's and earlier attempts')."""
     base = dataset.read_split(settings.dataset_dir / dataset.BASE_FILE)
     others = [
         dataset.read_split(p)
         for p in sorted((settings.dataset_dir / dataset.FEEDBACK_FOLDER).glob("*.npz"))
         if p.stem != batch
     ]
-    old = dataset.Split(np.concatenate([base.x, *[o.x for o in others]]), np.concatenate([base.y, *[o.y for o in others]]))
+    old = concat(base, *others, proposal_drawings(settings, accepted - adding, judge=False))
+    new = concat(read_batch(settings, batch), proposal_drawings(settings, adding, judge=False))
     return old, new
 
 
@@ -256,22 +321,27 @@ def train_candidate(
     from doodle_lib import tracking, training
 
     spec = Candidate(**candidate)
-    old, new = training_parts(settings, batch)
+    accepted = set(production_categories(settings))
+    adding = set(batch_proposals(settings, batch)) - accepted
+    old, new = training_parts(settings, batch, accepted, adding)
     fine_tune = spec.kind == "fine-tune" and len(new) > 0
     production = tracking.load_production(settings) if fine_tune else None
     kind = "fine-tune" if production else "scratch"
-    epochs = spec.epochs or (settings.fine_tune_epochs if production else settings.retrain_epochs)
+    fine_tune_epochs = settings.new_category_epochs if adding else settings.fine_tune_epochs
+    epochs = spec.epochs or (fine_tune_epochs if production else settings.retrain_epochs)
     config = training.TrainConfig(epochs=epochs, threads=settings.torch_threads)
     if production:
         config.learning_rate = settings.fine_tune_learning_rate
         config.width = production[0].width
+        if adding:  # a new output learns from a few drawings: many more old ones keep the old outputs in place
+            config.replay_ratio = settings.new_category_replay_ratio
     elif spec.width:
         config.width = spec.width
     if spec.learning_rate:
         config.learning_rate = spec.learning_rate
     tags = {
         "airflow_run_id": run_id, "batch": batch, "kind": kind, "dataset_version": dataset_version,
-        "candidate": spec.name, "role": "candidate",
+        "candidate": spec.name, "role": "candidate", "new_categories": json.dumps(sorted(adding)),
     }
     end_abandoned_runs(settings, run_id, spec.name)
     started = time.monotonic()
@@ -295,6 +365,7 @@ def train_candidate(
     log.info("%s (%s) trained in %.1fs on %d old + %d new drawings: run %s", spec.name, kind, seconds, len(old), len(new), mlflow_run_id)
     return {
         "candidate": spec.name,
+        "new_categories": sorted(adding),
         "mlflow_run_id": mlflow_run_id,
         "model_uri": model_uri,
         "kind": kind,
@@ -340,7 +411,8 @@ def score(model, split: dataset.Split) -> dict | None:
 
 
 def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
-    """Candidate and current production on the fixed evaluation set and on the batch; logged to the run."""
+    """Candidate and current production on the fixed evaluation set, on the batch, and on the held-back drawings of
+    every category the evaluation set lacks (the proposed ones); logged to the run."""
     import mlflow
 
     from doodle_lib import tracking, training
@@ -356,11 +428,23 @@ def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
         "production": None,
         "production_version": None,
         "feedback_count": len(new),
+        "new_categories": trained.get("new_categories", []),
+        "held_back": {},
     }
     if production:
         model, version = production
         figures["production"] = {"eval": score(model, evaluation_set), "feedback": score(model, new)}
         figures["production_version"] = version.version
+    judged = set(candidate.categories) - set(np.unique(evaluation_set.y).tolist())
+    held = proposal_drawings(settings, judged, judge=True)
+    for category in sorted(judged):
+        rows = dataset.Split(held.x[held.y == category], held.y[held.y == category])
+        known = production and category in production[0].categories
+        figures["held_back"][category] = {
+            "candidate": score(candidate, rows)["accuracy"] if len(rows) else 0.0,
+            "production": score(production[0], rows)["accuracy"] if known and len(rows) else None,
+            "count": len(rows),
+        }
     tracking.client(settings)
     with mlflow.start_run(run_id=trained["mlflow_run_id"]):
         tracking.log_evaluation(full, evaluation_set)
@@ -372,6 +456,8 @@ def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
 def flat_metrics(figures: dict) -> dict[str, float]:
     """The evaluation figures as MLflow metric names: candidate_eval_accuracy, production_feedback_loss, ..."""
     metrics = {"feedback_count": float(figures["feedback_count"])}
+    for category, result in (figures.get("held_back") or {}).items():
+        metrics[f"candidate_held_back_accuracy_{category}"] = float(result["candidate"])
     for who in ("candidate", "production"):
         for where, result in (figures.get(who) or {}).items():
             for name in ("accuracy", "loss"):
@@ -433,11 +519,19 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def decide(figures: dict, tolerance_points: float) -> Decision:
-    """The gate: not worse on the evaluation set (within tolerance) and better on the new feedback."""
+def decide(figures: dict, tolerance_points: float, bar: float = 0.0) -> Decision:
+    """The gate: every category the evaluation set lacks recognised on its held-back drawings at `bar`, not worse on
+    the evaluation set (within tolerance), and better on the new feedback or able to tell the new categories."""
     candidate, production = figures["candidate"], figures["production"]
     c_eval = candidate["eval"]
+    held = figures.get("held_back") or {}
+    judged = "; ".join(
+        f"held-back {name!r}: candidate {_pct(r['candidate'])} of {r['count']} drawings (bar {_pct(bar)})" for name, r in held.items()
+    )
+    weak = [name for name, r in held.items() if r["count"] == 0 or r["candidate"] < bar - 1e-12]
     if production is None:
+        if weak:
+            return Decision(False, f"not promoted: does not recognise {', '.join(map(repr, weak))} well enough; {judged}")
         return Decision(True, f"no production model yet: the candidate (eval {_pct(c_eval['accuracy'])}) beats nothing")
     p_eval = production["eval"]
     floor = p_eval["accuracy"] - tolerance_points / 100
@@ -446,8 +540,15 @@ def decide(figures: dict, tolerance_points: float) -> Decision:
         f"eval candidate {_pct(c_eval['accuracy'])} vs production {_pct(p_eval['accuracy'])} "
         f"(floor {_pct(floor)}, tolerance {tolerance_points:g} points)"
     )
+    if judged:
+        numbers += f"; {judged}"
+    if weak:
+        return Decision(False, f"not promoted: does not recognise {', '.join(map(repr, weak))} well enough; {numbers}")
     c_new, p_new = candidate["feedback"], production["feedback"]
-    if c_new is None:  # nothing new (a scheduled retrain with an empty batch): the evaluation set decides
+    if figures.get("new_categories"):  # what the run adds is checked on held-back drawings above
+        better = True
+        what = f"learns the new {'categories' if len(figures['new_categories']) > 1 else 'category'} {', '.join(map(repr, figures['new_categories']))}"
+    elif c_new is None:  # nothing new (a scheduled retrain with an empty batch): the evaluation set decides
         better = (c_eval["accuracy"], -(c_eval["loss"] or np.inf)) > (p_eval["accuracy"], -(p_eval["loss"] or np.inf))
         what = "better on the evaluation set (no new feedback)"
     else:
@@ -513,7 +614,8 @@ def _categories(checkpoint: str) -> list[str]:
 
 
 def promote_candidate(
-    settings: Settings, registered: dict, figures: dict, tolerance_points: float, trained: dict | None = None
+    settings: Settings, registered: dict, figures: dict, tolerance_points: float, trained: dict | None = None,
+    bar: float | None = None,
 ) -> dict:
     """Apply the gate; record the reason with both models' numbers on the version; move the alias if it passed."""
     import mlflow
@@ -521,7 +623,7 @@ def promote_candidate(
     from doodle_lib import tracking
 
     version = registered["version"]
-    decision = decide(figures, tolerance_points)
+    decision = decide(figures, tolerance_points, settings.new_category_bar if bar is None else bar)
     client = tracking.client(settings)
     client.set_model_version_tag(settings.model_name, version, "promotion", decision.reason)
     client.set_model_version_tag(settings.model_name, version, "promoted", str(decision.promote).lower())
@@ -531,6 +633,7 @@ def promote_candidate(
     client.update_model_version(settings.model_name, version, description=f"{description}\nGate: {decision.reason}")
     if decision.promote:
         tracking.set_production(settings, version)
+        close_proposals(settings, figures.get("new_categories", []))
     log.info("version %s: %s", version, decision.reason)
     if trained:
         with mlflow.start_run(run_id=trained["mlflow_run_id"]):
@@ -548,16 +651,24 @@ def promote_candidate(
     return {"version": version, "promoted": decision.promote, "reason": decision.reason}
 
 
+def close_proposals(settings: Settings, categories: list[str]) -> None:
+    """Proposals now served as categories end: drawings that arrived since the snapshot become their feedback."""
+    for name in categories:
+        if name in proposals.names(settings):
+            _, moved = proposals.merge(settings, name, name, categories)
+            log.info("proposal %r is a category now; %d drawings that arrived meanwhile moved to its feedback", name, moved)
+
+
 # --- clean up ---------------------------------------------------------------------------------
 
 
 def cleanup(settings: Settings, batch: str, dataset_version: str) -> dict:
     """Delete the batch folder, only once the remote holds a dataset version with the batch's file in it."""
     stored = versioning.stored_files(settings.dvc_remote_dir, dataset_version)
-    target = feedback_file(settings, batch)
-    relative = target.relative_to(settings.dataset_dir).as_posix()
-    if target.exists() and relative not in stored:
-        raise versioning.VersioningError(f"dataset version {dataset_version} does not hold {relative}: keeping {batch}")
+    for target in (feedback_file(settings, batch), proposals_file(settings, batch)):
+        relative = target.relative_to(settings.dataset_dir).as_posix()
+        if target.exists() and relative not in stored:
+            raise versioning.VersioningError(f"dataset version {dataset_version} does not hold {relative}: keeping {batch}")
     folder = settings.batches_dir / batch
     removed = folder.exists()
     shutil.rmtree(folder, ignore_errors=True)

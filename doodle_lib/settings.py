@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     proposals_require_approval: bool = Field(
         False, description="train a proposed category only after an operator approved it (doodle proposals approve)"
     )
+    new_category_holdout: float = Field(
+        0.2, gt=0, lt=1, description="share of a new category's drawings held back from training to judge it"
+    )
+    new_category_bar: float = Field(
+        0.6, ge=0, le=1, description="accuracy a new category needs on its held-back drawings for promotion"
+    )
+    new_category_epochs: int = Field(20, description="fine-tuning epochs of a run that adds categories, unless its params say otherwise")
+    new_category_replay_ratio: float = Field(10.0, description="old images replayed per new image when a run adds categories")
     model_poll_seconds: float = Field(5.0, description="how often the web app asks the registry for the alias")
     # Retraining pipeline (dags/retrain.py, dags/retrain_from_scratch.py)
     feedback_poll_seconds: float = Field(1.0, description="how often the feedback sensor's trigger counts the folder")

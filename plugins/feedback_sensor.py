@@ -1,4 +1,5 @@
-"""FeedbackSensor: wait, deferred (no worker slot), until enough complete drawings wait in the feedback folder."""
+"""FeedbackSensor: wait, deferred (no worker slot), until enough complete drawings wait in the feedback folder or a
+proposed category is ready to be trained."""
 from __future__ import annotations
 
 import asyncio
@@ -12,12 +13,18 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from doodle_lib import feedback
+from doodle_lib import feedback, proposals
 from doodle_lib.settings import get_settings
 
 
+def ready_proposals() -> list[str]:
+    """Names of the proposed categories the next run would train (enough drawings, approved if required)."""
+    return [proposal.name for proposal in proposals.list_all(get_settings()) if proposal.ready]
+
+
 class FeedbackTrigger(BaseTrigger):
-    """Counts complete drawings every `poll_seconds` in the triggerer; fires with their keys, or at the deadline."""
+    """Counts complete drawings every `poll_seconds` in the triggerer; fires with their keys once there are enough or
+    a proposal is ready, or at the deadline."""
 
     def __init__(self, folder: str, threshold: int, poll_seconds: float, deadline: float):
         super().__init__()
@@ -31,8 +38,9 @@ class FeedbackTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
             refs = await asyncio.to_thread(feedback.complete, Path(self.folder))
-            if len(refs) >= self.threshold:
-                yield TriggerEvent({"status": "ready", "keys": [ref.key for ref in refs]})
+            ready = await asyncio.to_thread(ready_proposals)
+            if len(refs) >= self.threshold or ready:
+                yield TriggerEvent({"status": "ready", "keys": [ref.key for ref in refs], "proposals": ready})
                 return
             if time.time() >= self.deadline:
                 yield TriggerEvent({"status": "timeout", "count": len(refs)})
@@ -41,7 +49,8 @@ class FeedbackTrigger(BaseTrigger):
 
 
 class FeedbackSensor(BaseSensorOperator):
-    """Returns the keys of the complete drawings once at least `threshold` wait; skips after `wait_minutes`."""
+    """Returns the keys of the complete drawings once at least `threshold` wait or a proposed category is ready (the
+    snapshot takes its drawings); skips after `wait_minutes`."""
 
     template_fields = ("threshold", "wait_minutes")
     ui_color = "#f4d35e"
@@ -52,7 +61,10 @@ class FeedbackSensor(BaseSensorOperator):
 
     def poke(self, context) -> PokeReturnValue:
         keys = [ref.key for ref in feedback.complete(get_settings().feedback_dir)]
-        return PokeReturnValue(is_done=len(keys) >= int(self.threshold), xcom_value=keys)
+        ready = ready_proposals()
+        if ready:
+            self.log.info("proposed categories ready to be trained: %s", ready)
+        return PokeReturnValue(is_done=len(keys) >= int(self.threshold) or bool(ready), xcom_value=keys)
 
     def execute(self, context) -> list[str]:
         settings, wait = get_settings(), float(self.wait_minutes)
@@ -60,7 +72,7 @@ class FeedbackSensor(BaseSensorOperator):
         if now.is_done:
             return self._counted(now.xcom_value)
         if wait <= 0:
-            raise AirflowSkipException(f"only {len(now.xcom_value)} of {self.threshold} drawings wait")
+            raise AirflowSkipException(f"only {len(now.xcom_value)} of {self.threshold} drawings wait and no proposal is ready")
         trigger = FeedbackTrigger(
             str(settings.feedback_dir), int(self.threshold), settings.feedback_poll_seconds, time.time() + 60 * wait
         )
@@ -69,7 +81,7 @@ class FeedbackSensor(BaseSensorOperator):
     def execute_complete(self, context, event: dict) -> list[str]:
         if event["status"] != "ready":
             raise AirflowSkipException(
-                f"only {event['count']} of {self.threshold} drawings after {self.wait_minutes} minutes: nothing to do"
+                f"only {event['count']} of {self.threshold} drawings and no ready proposal after {self.wait_minutes} minutes: nothing to do"
             )
         return self._counted(event["keys"])
 

@@ -18,6 +18,8 @@ def candidate_params(settings: Settings, kinds: bool) -> dict[str, Param]:
                         description="Widths of from-scratch candidates (fine-tuning keeps production's); empty: 16."),
         "tolerance": Param(settings.promotion_tolerance, type="number", minimum=0, maximum=100,
                            description="Evaluation-set accuracy points the chosen candidate may lose and still be promoted."),
+        "new_category_bar": Param(settings.new_category_bar, type="number", minimum=0, maximum=1,
+                                  description="Accuracy each proposed category must reach on its held-back drawings to be promoted."),
     }
     if kinds:
         params["kinds"] = Param(["fine-tune"], type="array", items={"type": "string", "enum": ["fine-tune", "scratch"]},
@@ -78,7 +80,9 @@ def retraining_stages(keys, kinds: list[str] | None = None, train_timeout: timed
     @task
     def promote(registered: dict, chosen: dict, params=None) -> dict:
         from doodle_lib import retraining
-        return retraining.promote_candidate(get_settings(), registered, chosen["figures"], float(params["tolerance"]), chosen["trained"])
+        return retraining.promote_candidate(
+            get_settings(), registered, chosen["figures"], float(params["tolerance"]), chosen["trained"], float(params["new_category_bar"])
+        )
 
     @task
     def cleanup(batch: dict, dataset_version: str, promoted: dict) -> dict:

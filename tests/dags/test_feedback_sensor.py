@@ -57,3 +57,22 @@ def test_serializes_to_an_importable_classpath_with_an_absolute_deadline(setting
     classpath, kwargs = FeedbackTrigger(str(settings.feedback_dir), 3, 1.0, deadline).serialize()
     assert classpath == "feedback_sensor.FeedbackTrigger"
     assert kwargs["deadline"] == deadline and np.isclose(kwargs["poll_seconds"], 1.0)
+
+
+def test_a_ready_proposal_fires_below_the_threshold(settings, monkeypatch):
+    from doodle_lib import proposals
+    from doodle_lib.drawing import strokes_to_bitmap
+
+    monkeypatch.setenv("DOODLE_PROPOSAL_MIN_DRAWINGS", "3")
+    settings = settings.model_copy(update={"proposal_min_drawings": 3})
+    keys = world.save_feedback(settings, 2)
+    strokes = world.fixture_drawings()[0][2]
+    for _ in range(2):
+        proposals.save(settings, "hot air balloon", "Hot air balloon", strokes_to_bitmap(strokes, raw=False), {"strokes": strokes})
+    not_yet = FeedbackTrigger(str(settings.feedback_dir), threshold=10, poll_seconds=0.1, deadline=time.time() + 0.5)
+    assert asyncio.run(first_event(not_yet))[0] == {"status": "timeout", "count": 2}
+
+    proposals.save(settings, "hot air balloon", "balloon", strokes_to_bitmap(strokes, raw=False), {"strokes": strokes})
+    trigger = FeedbackTrigger(str(settings.feedback_dir), threshold=10, poll_seconds=0.1, deadline=time.time() + 5)
+    payload, _ = asyncio.run(first_event(trigger))
+    assert payload == {"status": "ready", "keys": keys, "proposals": ["hot air balloon"]}

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from doodle_lib import dataset, feedback, retraining, tracking, versioning
+from doodle_lib import dataset, feedback, proposals, retraining, tracking, versioning
 from doodle_lib.drawing import strokes_to_bitmap
 from tests.conftest import fixture_drawings
 
@@ -45,7 +45,7 @@ def test_snapshot_moves_exactly_the_counted_drawings_and_a_retry_is_a_no_op(loca
     late = save(local, 2, start=30)
     first = retraining.snapshot(local, "run-1", counted)
     again = retraining.snapshot(local, "run-1", counted)  # a retried task
-    assert first == again == {"batch": "run-1", "count": 6}
+    assert first == again == {"batch": "run-1", "count": 6, "proposals": []}
     assert sorted(r.key for r in feedback.complete(local.feedback_dir)) == sorted(late)
     assert sorted(r.key for r in feedback.complete(local.batches_dir / "run-1")) == sorted(counted)
     assert retraining.batch_keys(local, "run-1") == counted
@@ -56,6 +56,50 @@ def test_snapshot_leaves_out_drawings_another_run_took_first(local):
     feedback.move([feedback.DrawingRef.parse(counted[0])], local.feedback_dir, local.batches_dir / "weekly")
     assert retraining.snapshot(local, "run-2", counted)["count"] == 3
     assert retraining.batch_keys(local, "run-2") == counted[1:]
+
+
+def propose(settings, name: str, count: int, start: int = 0) -> list[str]:
+    """`count` golden drawings stored as proposals of `name`, as the web app stores them."""
+    keys = []
+    for _, _, strokes in fixture_drawings()[start : start + count]:
+        ref, _ = proposals.save(settings, name, name, strokes_to_bitmap(strokes, raw=False), {"strokes": strokes, "simplified": True})
+        keys.append(ref.key)
+    return keys
+
+
+def test_snapshot_takes_ready_proposals_and_ingest_holds_back_a_share_of_each(local):
+    local = local.model_copy(update={"proposal_min_drawings": 10})
+    dataset.build_base(local.sample_dir, local.dataset_dir, local.evaluation_path, ["cat", "fish"], 10, 30)
+    counted = save(local, 3)
+    ready = propose(local, "hot air balloon", 10)
+    waiting = propose(local, "kite", 9, start=20)  # one short of the minimum: stays
+    taken = retraining.snapshot(local, "run-1", counted)
+    assert taken == {"batch": "run-1", "count": 13, "proposals": ["hot air balloon"]}
+    assert retraining.batch_keys(local, "run-1") == counted + ready
+    assert [r.key for r in proposals.drawings(local, "kite")] == waiting and not proposals.drawings(local, "hot air balloon")
+    assert "hot air balloon" in proposals.names(local)  # its state stays: a failed attempt keeps collecting
+
+    assert retraining.ingest(local, "run-1")["ingested"] == 13
+    assert sorted(retraining.read_batch(local, "run-1").y.tolist()) == sorted(k.split("/")[0] for k in counted)
+    with np.load(retraining.proposals_file(local, "run-1")) as data:
+        assert data["keys"].tolist() == ready and set(data["y"].tolist()) == {"hot air balloon"}
+        assert data["held_back"].sum() == 2  # 20% of 10
+    # Training sees the proposal's other drawings only while it is being added or once accepted, never its judges.
+    old, new = retraining.training_parts(local, "run-1", accepted=set(), adding={"hot air balloon"})
+    assert (new.y == "hot air balloon").sum() == 8 and "hot air balloon" not in old.y
+    old, new = retraining.training_parts(local, "run-1", accepted=set(), adding=set())
+    assert "hot air balloon" not in np.concatenate([old.y, new.y])
+    old, _ = retraining.training_parts(local, "run-2", accepted={"hot air balloon"}, adding=set())
+    assert (old.y == "hot air balloon").sum() == 8
+    judges = retraining.proposal_drawings(local, {"hot air balloon"}, judge=True)
+    assert len(judges) == 2
+
+
+def test_held_back_is_a_fixed_share_chosen_by_key_not_by_order():
+    keys = [f"dog/{i:04d}" for i in range(25)]
+    flags = retraining.held_back(keys, 0.2)
+    assert flags.sum() == 5 and (retraining.held_back(keys[::-1], 0.2)[::-1] == flags).all()
+    assert retraining.held_back(keys[:3], 0.2).sum() == 1  # always at least one judge
 
 
 def test_ingest_keeps_good_drawings_rerenders_a_broken_png_and_sets_bad_ones_aside(local):
@@ -94,6 +138,11 @@ def figures(c_eval, p_eval, c_new=None, p_new=None, c_eval_loss=0.3, p_eval_loss
     }
 
 
+def adding(case: dict, accuracy: float, count: int = 5) -> dict:
+    """The figures of a run that adds the category 'dog', recognised on `accuracy` of its held-back drawings."""
+    return {**case, "new_categories": ["dog"], "held_back": {"dog": {"candidate": accuracy, "production": None, "count": count}}}
+
+
 @pytest.mark.parametrize(
     "case, promote, says",
     [
@@ -105,10 +154,16 @@ def figures(c_eval, p_eval, c_new=None, p_new=None, c_eval_loss=0.3, p_eval_loss
         (figures(0.94, 0.93, (0.9, None), (0.8, 0.5)), True, "better on the new feedback"),
         (figures(0.94, 0.93), True, "better on the evaluation set (no new feedback)"),
         (figures(0.93, 0.93), False, "not better on the evaluation set"),
+        # A run that adds a category: recognised on its held-back drawings at the bar, old ones within tolerance.
+        (adding(figures(0.930, 0.934), 0.8), True, "learns the new category 'dog'"),
+        (adding(figures(0.930, 0.934), 0.4), False, "does not recognise 'dog' well enough"),
+        (adding(figures(0.920, 0.934), 0.8), False, "worse on the evaluation set"),
+        (adding(figures(0.95, None), 0.4), False, "does not recognise 'dog'"),  # even with nothing to beat
+        (adding(figures(0.930, 0.934), 0.8, count=0), False, "does not recognise 'dog'"),  # no judges, no promotion
     ],
 )
 def test_gate(case, promote, says):
-    decision = retraining.decide(case, tolerance_points=0.5)
+    decision = retraining.decide(case, tolerance_points=0.5, bar=0.6)
     assert decision.promote is promote
     assert says in decision.reason
     if case["production"]:

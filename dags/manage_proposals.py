@@ -1,0 +1,48 @@
+"""
+### Manage proposed categories
+
+Operators list, approve, rename, merge or reject the categories users proposed in the web app, from this
+form (the same operations as `doodle proposals ...`). A proposal is trained by the next `retrain` run once it
+has `DOODLE_PROPOSAL_MIN_DRAWINGS` drawings (25), and, with `DOODLE_PROPOSALS_REQUIRE_APPROVAL`, only after
+it was approved. Rejected drawings are moved to `data/rejected/proposals/<name>/` with the reason, never
+deleted. The task's return value (XCom) and log show the result: for `list`, every proposal with its count,
+status and whether it is ready.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+
+from doodle_lib.settings import get_settings
+
+ACTIONS = ["list", "approve", "rename", "merge", "reject"]  # doodle_lib.proposals.ACTIONS, without importing it here
+
+
+@dag(
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    tags=["doodle", "proposals"],
+    doc_md=__doc__,
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
+    params={
+        "action": Param("list", type="string", enum=ACTIONS, description="What to do."),
+        "name": Param("", type="string", maxLength=100, description="The proposal (any spelling users typed; not for list)."),
+        "to": Param("", type="string", maxLength=100, description="rename: the new name; merge: the proposal or known category to merge into."),
+        "reason": Param("rejected by an operator", type="string", maxLength=1000, description="reject: kept beside the drawings."),
+    },
+)
+def manage_proposals():
+    @task
+    def apply(params=None) -> dict:
+        from doodle_lib import proposals, retraining
+
+        settings = get_settings()
+        known = retraining.production_categories(settings)
+        return proposals.apply(settings, params["action"], params["name"], params["to"], params["reason"], known)
+
+    apply()
+
+
+manage_proposals()
