@@ -2,8 +2,9 @@
 
 Side by side, one run: (a) the raw in-process forward of the model, (b) `mlflow models serve` of the same
 registered model, (c) a thin Flask proxy in front of (b) (bench/proxy.py), and the web app under gunicorn with
-webapp/gunicorn.conf.py; req/s, p50 and p99 at each concurrency, the web app's PSS. Writes the
-"## Serving (bench/serve.py)" section of BENCHMARKS.md.
+webapp/gunicorn.conf.py; req/s, p50 and p99 at each concurrency, the servers' CPU time per request (the figure that
+holds on a machine shared with other jobs), the web app's PSS. Writes the "## Serving (bench/serve.py)" section of
+BENCHMARKS.md.
 
 Run from the project root: `.venv/bin/python -m bench.serve` (about 4 minutes).
 """
@@ -21,7 +22,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import psutil
@@ -93,14 +94,15 @@ def write_bodies(folder: Path) -> tuple[Path, Path]:
 
 
 @contextmanager
-def process(command: list[str], env: dict[str, str], log: Path, health: str, timeout: float = 180) -> Iterator[None]:
+def process(command: list[str], env: dict[str, str], log: Path, health: str,
+            timeout: float = 180) -> Iterator[subprocess.Popen]:
     """A server process in its own session, healthy before the body runs, stopped after."""
     with log.open("ab") as output:
         server = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=output,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_http(health, timeout, server, log)
-        yield
+        yield server
     finally:
         stop(server, timeout=30)
 
@@ -125,19 +127,32 @@ def server_processes(port: int) -> list[psutil.Process]:
     return [master, *master.children(recursive=True)]
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User and system CPU time used so far by the processes."""
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
 def pss_mb(processes: list[psutil.Process]) -> float:
     return sum(p.memory_full_info().pss for p in processes) / 2**20
 
 
-def measure(targets: dict[str, tuple[str, Path]], levels: list[int], seconds: float) -> dict:
+def measure(targets: dict[str, tuple[str, Path, Callable[[], list[psutil.Process]]]], levels: list[int],
+            seconds: float) -> dict:
+    """wrk against each target at each concurrency, and the CPU time its server processes spent per request."""
     results = {}
-    for name, (url, bodies) in targets.items():
+    for name, (url, bodies, servers) in targets.items():
         for connections in levels:
             wrk(url, bodies, connections, min(3.0, seconds))  # warm-up: connections, caches, worker threads
-            results[name, connections] = wrk(url, bodies, connections, seconds)
-            r = results[name, connections]
+            processes = servers()
+            before = cpu_seconds(processes)
+            results[name, connections] = r = wrk(url, bodies, connections, seconds)
+            r["cpu_ms"] = (cpu_seconds(processes) - before) / max(r["requests"], 1) * 1e3
             print(f"{name:24} c={connections:<3} {r['rps']:7.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  "
-                  f"p99 {r['p99_us'] / 1e3:7.2f} ms  errors {r['errors']}", flush=True)
+                  f"p99 {r['p99_us'] / 1e3:7.2f} ms  CPU {r['cpu_ms']:.2f} ms/request  errors {r['errors']}", flush=True)
     return results
 
 
@@ -159,20 +174,22 @@ def report(results: dict, levels: list[int], in_process: dict, pss: float, worke
         " default 1 worker), posted the rendered bitmap as `{\"inputs\": [[[...]]]}`.",
         "- (c) bench/proxy.py under gunicorn (2 gthread workers x 4 threads): the same preprocessing, then the bitmap"
         " to (b)'s /invocations on a keep-alive session, softmax and top-k on the logits.",
+        "- Server CPU: user and system time of the target's processes (gunicorn master and workers; for (c) the proxy's"
+        " and (b)'s) during the cell, divided by the requests it answered; wrk's own CPU is not in it.",
         "",
-        "| target | concurrency | req/s | p50 (ms) | p99 (ms) | errors |",
-        "|---|---|---|---|---|---|",
+        "| target | concurrency | req/s | p50 (ms) | p99 (ms) | server CPU (ms/request) | errors |",
+        "|---|---|---|---|---|---|---|",
         f"| (a) in-process forward, one 28x28 image, 1 thread | 1 | {1e3 / in_process['forward_ms']:.0f} |"
-        f" {in_process['forward_ms']:.3f} | | |",
+        f" {in_process['forward_ms']:.3f} | | | |",
         f"| in-process request work (parse, simplify, render, forward, softmax) | 1 | {1e3 / in_process['work_ms']:.0f} |"
-        f" {in_process['work_ms']:.3f} | | |",
+        f" {in_process['work_ms']:.3f} | | | |",
     ]
     for name in TARGETS:
         for c in levels:
             if (name, c) in results:
                 r = results[name, c]
                 lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} |"
-                             f" {r['errors']} |")
+                             f" {r['cpu_ms']:.2f} | {r['errors']} |")
     lines += ["", f"Web app memory after the runs: {pss:.0f} MB PSS over the gunicorn master and {workers} workers.", ""]
     top = max(levels)
     app = results.get(("web app", top))
@@ -232,24 +249,26 @@ def main() -> None:
         webapp_port = free_port()
         webapp = stack.enter_context(gunicorn_app(app_env(settings, poll_seconds=5.0), root, workers, threads,
                                                   webapp_port, tuple(shlex.split(args.webapp_args))))
-        targets = {"web app": (f"{webapp}/api/predict", strokes)}
+        targets = {"web app": (f"{webapp}/api/predict", strokes, lambda: server_processes(webapp_port))}
         if not args.only_webapp:
             serve_port, proxy_port = free_port(), free_port()
-            stack.enter_context(process(
+            serve = stack.enter_context(process(
                 [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{settings.model_name}@production",
                  "--env-manager", "local", "-h", "127.0.0.1", "-p", str(serve_port)],
                 {"MLFLOW_TRACKING_URI": tracking_url, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"},
                 root / "mlflow-serve.log", f"http://127.0.0.1:{serve_port}/ping",
             ))
-            stack.enter_context(process(
+            proxy = stack.enter_context(process(
                 [str(VENV_BIN / "gunicorn"), "bench.proxy:create_app()", "-b", f"127.0.0.1:{proxy_port}",
                  "-w", "2", "-k", "gthread", "--threads", "4", "--keep-alive", "30"],
                 {"BENCH_INVOCATIONS_URL": f"http://127.0.0.1:{serve_port}/invocations",
                  "BENCH_CATEGORIES": json.dumps(model.categories)},
                 root / "proxy.log", f"http://127.0.0.1:{proxy_port}/healthz",
             ))
-            targets[TARGETS[1]] = (f"http://127.0.0.1:{serve_port}/invocations", bitmaps)
-            targets[TARGETS[2]] = (f"http://127.0.0.1:{proxy_port}/api/predict", strokes)
+            targets[TARGETS[1]] = (f"http://127.0.0.1:{serve_port}/invocations", bitmaps, lambda: process_tree(serve.pid))
+            # The proxy's requests cost both servers' CPU.
+            targets[TARGETS[2]] = (f"http://127.0.0.1:{proxy_port}/api/predict", strokes,
+                                   lambda: process_tree(proxy.pid) + process_tree(serve.pid))
         results = measure(targets, args.concurrency, args.seconds)
         processes = server_processes(webapp_port)
         pss = pss_mb(processes)
