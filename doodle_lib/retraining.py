@@ -16,11 +16,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from doodle_lib import atomic, dataset, feedback, proposals, versioning
 from doodle_lib.settings import Settings
+
+if TYPE_CHECKING:  # torch is imported by the stages that train, not by the DAG files that import this module
+    from doodle_lib.model import DoodleCNN
+    from doodle_lib.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -327,18 +332,8 @@ def train_candidate(
     fine_tune = spec.kind == "fine-tune" and len(new) > 0
     production = tracking.load_production(settings) if fine_tune else None
     kind = "fine-tune" if production else "scratch"
-    fine_tune_epochs = settings.new_category_epochs if adding else settings.fine_tune_epochs
-    epochs = spec.epochs or (fine_tune_epochs if production else settings.retrain_epochs)
-    config = training.TrainConfig(epochs=epochs, threads=settings.torch_threads)
-    if production:
-        config.learning_rate = settings.fine_tune_learning_rate
-        config.width = production[0].width
-        if adding:  # a new output learns from a few drawings: many more old ones keep the old outputs in place
-            config.replay_ratio = settings.new_category_replay_ratio
-    elif spec.width:
-        config.width = spec.width
-    if spec.learning_rate:
-        config.learning_rate = spec.learning_rate
+    config = candidate_config(settings, spec, production[0] if production else None, bool(adding))
+    epochs = config.epochs
     tags = {
         "airflow_run_id": run_id, "batch": batch, "kind": kind, "dataset_version": dataset_version,
         "candidate": spec.name, "role": "candidate", "new_categories": json.dumps(sorted(adding)),
@@ -376,6 +371,26 @@ def train_candidate(
         "checkpoint": str(checkpoint),
         "mlflow_url": mlflow_url(settings, f"experiments/{experiment_id}/runs/{mlflow_run_id}"),
     }
+
+
+def candidate_config(settings: Settings, spec: Candidate, production: DoodleCNN | None, adding: bool) -> TrainConfig:
+    """How a candidate trains: fine-tuning `production` (gentler; longer, with more replay, when adding categories),
+    or from scratch; the spec's values win over the defaults."""
+    from doodle_lib import training
+
+    config = training.TrainConfig(threads=settings.torch_threads)
+    if production is not None:
+        config.epochs = settings.new_category_epochs if adding else settings.fine_tune_epochs
+        config.learning_rate = settings.fine_tune_learning_rate
+        config.width = production.width
+        if adding:  # a new output learns from a few drawings: many more old ones keep the old outputs in place
+            config.replay_ratio = settings.new_category_replay_ratio
+    else:
+        config.epochs = settings.retrain_epochs
+        config.width = spec.width or config.width
+    config.epochs = spec.epochs or config.epochs
+    config.learning_rate = spec.learning_rate or config.learning_rate
+    return config
 
 
 def end_abandoned_runs(settings: Settings, run_id: str, candidate: str) -> None:

@@ -19,25 +19,26 @@ BASE_EPOCHS = 8
 CACHE = PROJECT_ROOT / "tests" / "artifacts"  # git-ignored
 
 
-def prepare_base(settings: Settings) -> str:
-    """Base data, evaluation set and the first DVC version in settings' folders; returns the hash."""
+def prepare_base(settings: Settings, categories: list[str] | None = None) -> str:
+    """Base data, evaluation set and the first DVC version in settings' folders (all sample categories unless
+    given); returns the hash."""
     from doodle_lib import baseline
 
     settings = settings.model_copy(update={"eval_per_category": EVAL_PER_CATEGORY})  # the split the cached model saw
-    return baseline.prepare(settings, max_per_category=MAX_PER_CATEGORY, force=True)
+    return baseline.prepare(settings, categories=categories, max_per_category=MAX_PER_CATEGORY, force=True)
 
 
 def base_checkpoint(settings: Settings) -> Path:
     """A production-quality-for-tests model trained on the base data, cached by the code and data it came from."""
     from doodle_lib import dataset, model, training
 
+    split = dataset.load_training_data(settings.dataset_dir)
     key = hashlib.sha256()
     for name in ("model.py", "training.py", "dataset.py"):
         key.update((PROJECT_ROOT / "doodle_lib" / name).read_bytes())
-    key.update(f"{MAX_PER_CATEGORY}/{EVAL_PER_CATEGORY}/{BASE_EPOCHS}".encode())
+    key.update(f"{MAX_PER_CATEGORY}/{EVAL_PER_CATEGORY}/{BASE_EPOCHS}/{sorted(set(split.y.tolist()))}".encode())
     path = CACHE / f"base-{key.hexdigest()[:16]}.pt"
     if not path.exists():
-        split = dataset.load_training_data(settings.dataset_dir)
         trained, _ = training.train(split, sorted(np.unique(split.y).tolist()), training.TrainConfig(epochs=BASE_EPOCHS, threads=2))
         from doodle_lib import atomic
 
