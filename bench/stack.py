@@ -30,6 +30,39 @@ def pss_mb(processes: list[psutil.Process]) -> float:
     return total / 2**20
 
 
+# What a stack process is, from a marker in its command line; the first marker that matches names it.
+ROLES = (
+    ("/bin/sh -c", "sh -c (honcho's shell per Procfile line)"),
+    ("doodle stack up", "doodle stack up (waits, prints the banner)"),
+    ("honcho start", "honcho (manager, one reader per Procfile line)"),
+    ("uvicorn", "MLflow server (uvicorn)"),
+    ("doodle_lib.stack airflow", "Airflow launcher (imports Airflow, forks the components)"),
+    ("api_server", "Airflow api-server"),
+    ("LocalExecutor", "Airflow LocalExecutor workers (pre-forked, one per slot)"),
+    ("airflow scheduler", "Airflow scheduler"),
+    ("airflow dag-processor", "Airflow dag-processor"),
+    ("airflow triggerer", "Airflow triggerer (and its trigger runner)"),
+    ("gunicorn: master", "web app: gunicorn master (torch imported, shared)"),
+    ("gunicorn: worker", "web app: gunicorn workers"),
+    ("prometheus", "Prometheus"),
+)
+
+
+def breakdown(processes: list[psutil.Process]) -> dict[str, tuple[int, float]]:
+    """PSS per role: {role: (processes, MB)}, in ROLES order."""
+    found: dict[str, tuple[int, float]] = {}
+    for process in processes:
+        try:
+            line = " ".join(process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        role = next((name for marker, name in ROLES if marker in line), process.name())
+        count, mb = found.get(role, (0, 0.0))
+        found[role] = (count + 1, mb + pss_mb([process]))
+    order = [name for _, name in ROLES]
+    return dict(sorted(found.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
+
 def seconds(stamp: str | None) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else float("nan")
 
@@ -49,7 +82,8 @@ def main() -> None:
         version = wait_until(lambda: stack.model()["version"], 120, "the first model")
         time.sleep(args.idle_seconds)
         idle_processes = platform.processes()
-        idle = pss_mb(idle_processes)
+        idle_roles = breakdown(idle_processes)
+        idle = sum(mb for _, mb in idle_roles.values())
 
         drawings = fixture_drawings()[: args.threshold]
         for category, _, strokes in drawings[:-1]:
@@ -104,6 +138,11 @@ def main() -> None:
     print(f"| of which Airflow overhead (sensor reaction + gaps between tasks) | {overhead:.1f} s ({overhead / total:.0%}) |")
     print(f"| of which sensor reaction (correction to sensor done) | {sensor_end - t0:.1f} s |")
     print(f"| of which web app picking up the alias | {served - last_end:.1f} s |")
+    print()
+    print("| process (idle) | count | PSS |")
+    print("|---|---|---|")
+    for role, (count, mb) in idle_roles.items():
+        print(f"| {role} | {count} | {mb:.0f} MB |")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def services(settings: Settings) -> list[Service]:
     webapp_port = int(settings.webapp_bind.rpartition(":")[2])
     found = [
         Service("mlflow", settings.mlflow_port, "/health"),
-        Service("airflow-api", settings.airflow_port, "/api/v2/monitor/health"),
+        Service("airflow", settings.airflow_port, "/api/v2/monitor/health"),
         Service("webapp", webapp_port, "/healthz"),
     ]
     if shutil.which("prometheus"):
@@ -81,6 +81,92 @@ def airflow_environment(settings: Settings, executor: str = "LocalExecutor") -> 
     }
 
 
+# The Airflow components of the stack, as `airflow` command lines (the Procfile's `airflow` process runs them all).
+AIRFLOW_COMMANDS = (
+    ("api-server", "--workers", "1"),
+    ("scheduler", "--skip-serve-logs"),
+    ("dag-processor",),
+    ("triggerer", "--skip-serve-logs"),
+)
+
+
+def run_airflow() -> int:
+    """Run each Airflow component in a child forked from this process after it imported Airflow once.
+
+    Four separate `airflow` processes hold four copies of the same ~110 MB of imported modules; forked after the
+    imports and a gc.freeze() (so the collector does not write to those objects), they share the pages they do not
+    modify. Honcho prefixes every component's lines with `airflow`; Airflow's own lines name their logger.
+    Returns the exit code of the first component to stop, after the others have stopped.
+    """
+    import gc
+
+    import airflow.__main__
+    import setproctitle
+    # What the components go on to import, most of it in three or four of them (their sys.modules, measured):
+    # imported here, it is shared too. The components' own jobs and servers, and what they pull in:
+    import airflow.api_fastapi.app  # noqa: F401
+    import airflow.dag_processing.manager  # noqa: F401
+    import airflow.executors.local_executor  # noqa: F401
+    import airflow.jobs.scheduler_job_runner  # noqa: F401
+    import airflow.jobs.triggerer_job_runner  # noqa: F401
+    import uvicorn  # noqa: F401
+    # the database schema check at start, the DAGs' task classes, the plugins' dependencies
+    import alembic.command  # noqa: F401
+    import alembic.migration  # noqa: F401
+    import airflow.providers.standard.decorators.python  # noqa: F401
+    import airflow.sdk.bases.sensor  # noqa: F401
+    import doodle_lib.feedback  # noqa: F401
+
+    gc.freeze()
+    stopping = False
+
+    def note_stop(_signum, _frame):
+        nonlocal stopping
+        stopping = True  # honcho signals the whole process group: each component got the signal as well
+
+    signal.signal(signal.SIGTERM, note_stop)
+    signal.signal(signal.SIGINT, note_stop)
+    children = {}
+    for command in AIRFLOW_COMMANDS:
+        pid = os.fork()
+        if pid == 0:  # the component: it ends as `airflow <command>` would, its exit unwinding out of this function
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            setproctitle.setproctitle(f"airflow {command[0]}")  # what `ps` shows
+            sys.argv = ["airflow", *command]
+            airflow.__main__.main()
+            sys.exit(0)
+        children[pid] = command[0]
+    pid, status = os.wait()
+    first = os.waitstatus_to_exitcode(status)
+    ended = children.pop(pid)
+    if not stopping:  # a component ended on its own: stop the others so honcho stops the stack
+        print(f"airflow {ended} ended (exit {first}): stopping the other Airflow components", file=sys.stderr)
+        for other in children:
+            os.kill(other, signal.SIGTERM)
+    while children:
+        children.pop(os.wait()[0], None)
+    return first
+
+
+def run_mlflow_server(args: list[str]) -> None:
+    """`mlflow server`, except that the process becomes the uvicorn server it starts instead of waiting for it.
+
+    `mlflow server` checks its options and initialises the stores, then spawns uvicorn and stays resident, with
+    every module it imported (~190 MB PSS), only to forward signals. Exec'ing uvicorn keeps all of that logic and
+    drops the idle parent; honcho's signals reach uvicorn directly. Should MLflow rename this private function,
+    the assignment is a no-op and the server runs as it would alone, parent included.
+    """
+    import mlflow.server
+    from mlflow.cli import cli
+
+    def exec_server(command: list[str], extra_env: dict[str, str] | None = None, **_options) -> None:
+        os.execvpe(command[0], command, {**os.environ, **(extra_env or {})})
+
+    mlflow.server._exec_cmd = exec_server
+    cli.main(["server", *args], prog_name="mlflow")
+
+
 def persistent_secret(path: Path) -> str:
     """A random secret made once and kept in `path` (mode 600), so restarts keep sessions valid."""
     if not path.exists():
@@ -96,6 +182,9 @@ def environment(settings: Settings) -> dict[str, str]:
     return {
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "PYTHONUNBUFFERED": "1",
+        # glibc gives each thread that allocates its own malloc arena (up to 8 per core), and freed memory stays
+        # in them: two arenas cut the threaded servers' resident memory (Airflow's api-server by ~50 MB).
+        "MALLOC_ARENA_MAX": "2",
         "DOODLE_DATA_DIR": str(settings.data_dir),
         "DOODLE_STORAGE_DIR": str(settings.storage_dir),
         "DOODLE_HOST": settings.host,
@@ -219,9 +308,7 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     initialise(settings, echo)
     env_file = settings.storage_dir / "stack.env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in environment(settings).items()))
-    names = [service.name for service in services(settings)] + [
-        "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"
-    ]
+    names = [service.name for service in services(settings)]  # the Procfile's processes, each with a health check
     command = [str(VENV_BIN / "honcho"), "start", "--no-colour", "-f", str(PROCFILE), "-d", str(PROJECT_ROOT),
                "-e", str(env_file), *names]
     echo("==> starting " + ", ".join(names))
@@ -288,7 +375,7 @@ def banner(settings: Settings) -> str:
         "The doodle platform is up:",
         f"  draw and correct      {urls['webapp']}",
         f"  retraining runs       {urls['webapp']}/pipeline",
-        f"  Airflow               {urls['airflow-api']}   (user admin, password {password})",
+        f"  Airflow               {urls['airflow']}   (user admin, password {password})",
         f"  MLflow                {urls['mlflow']}",
     ]
     if "prometheus" in urls:
@@ -314,3 +401,11 @@ def down(settings: Settings, timeout: float = 60) -> bool:
 def status(settings: Settings) -> list[tuple[str, str, bool]]:
     """Each service, its URL and whether it answers its health check."""
     return [(s.name, s.url(settings), healthy(s.url(settings) + s.health_path)) for s in services(settings)]
+
+
+if __name__ == "__main__":  # the Procfile's `airflow` and `mlflow` processes
+    if sys.argv[1:2] == ["airflow"]:
+        sys.exit(run_airflow())
+    if sys.argv[1:2] == ["mlflow"]:
+        run_mlflow_server(sys.argv[2:])
+    sys.exit("usage: python -m doodle_lib.stack airflow | mlflow [mlflow server options]")
