@@ -10,8 +10,6 @@ status and whether it is ready.
 """
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Param, dag, task
 
 from doodle_lib.settings import get_settings
@@ -25,7 +23,7 @@ ACTIONS = ["list", "approve", "rename", "merge", "reject"]  # doodle_lib.proposa
     max_active_runs=1,
     tags=["doodle", "proposals"],
     doc_md=__doc__,
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
+    default_args={"retries": 0},  # an operator's action: a refused one would be refused again
     params={
         "action": Param("list", type="string", enum=ACTIONS, description="What to do."),
         "name": Param("", type="string", maxLength=100, description="The proposal (any spelling users typed; not for list)."),
