@@ -192,7 +192,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "DOODLE_AIRFLOW_PORT": str(settings.airflow_port),
         "DOODLE_PROMETHEUS_PORT": str(settings.prometheus_port),
         "DOODLE_WEBAPP_BIND": settings.webapp_bind,
-        # One web app worker unless DOODLE_WEBAPP_WORKERS says otherwise: one local user, ~85 MB PSS less than two.
+        # One web app worker unless DOODLE_WEBAPP_WORKERS says otherwise: one local user; 40-85 MB less than two.
         "DOODLE_WEBAPP_WORKERS": str(settings.webapp_workers if "webapp_workers" in settings.model_fields_set else 1),
         "DOODLE_FEEDBACK_THRESHOLD": str(settings.feedback_threshold),
         "DOODLE_TORCH_THREADS": str(settings.training_threads),
