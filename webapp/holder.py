@@ -25,7 +25,7 @@ WARM_UP_STROKES = [[[0, 10, 20], [0, 20, 0]]]
 class Served:
     """One loaded model version; immutable, so a request keeps a consistent one across a swap."""
 
-    model: ServingCNN  # the inference-only form: the registered model's function, about 3x faster a forward
+    model: ServingCNN  # the inference-only form: the registered model's function in NumPy, about 3x faster a forward
     version: str
     loaded_at: datetime
 
