@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP) ## create the virtual environment from the lock file (skipped when up to date)
 
-$(STAMP): requirements/lock.txt pyproject.toml
+# setup.py and the C source: `pip install -e .` compiles doodle_lib/_simplify.c into doodle_lib/ (gcc needed).
+$(STAMP): requirements/lock.txt pyproject.toml setup.py doodle_lib/_simplify.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing locked dependencies into $(VENV) (first time: a few minutes)"
 	@$(BIN)/pip install -q --upgrade pip

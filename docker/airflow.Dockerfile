@@ -2,6 +2,20 @@
 # Airflow for the distributed stack: the official image plus the project (doodle_lib, DAGs, plugins),
 # so every component (api-server, scheduler, dag-processor, triggerer, Celery workers) runs the same code.
 # Build from the repository root: docker build -f docker/airflow.Dockerfile .
+
+# doodle_lib/_simplify.c, the arithmetic of the preprocessing hot path (doodle_lib.drawing.simplify), compiled for
+# the Airflow image's CPython 3.11, against Debian 12's glibc (it runs on that or any newer one); the compiler stays
+# in this stage. The venv brings the setuptools that Python 3.11 bundles; setup.py alone (no pyproject.toml) is all
+# it reads.
+FROM python:3.11.14-slim-bookworm AS extension
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY setup.py ./
+COPY doodle_lib/_simplify.c doodle_lib/
+RUN python -m venv /tmp/build && /tmp/build/bin/python setup.py build_ext --inplace
+
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
@@ -27,6 +41,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
       -r /opt/doodle/requirements/base.in -c /opt/doodle/requirements/lock.txt
 
 COPY --chown=airflow:0 doodle_lib/ /opt/doodle/app/doodle_lib/
+COPY --from=extension --chown=airflow:0 /src/doodle_lib/*.so /opt/doodle/app/doodle_lib/
 COPY --chown=airflow:0 dags/ /opt/doodle/app/dags/
 COPY --chown=airflow:0 plugins/ /opt/doodle/app/plugins/
 COPY --chown=airflow:0 data/quickdraw-sample/ /opt/doodle/app/data/quickdraw-sample/

@@ -2,6 +2,18 @@
 # The web app: gunicorn with webapp/gunicorn.conf.py, the same entry point as the embedded mode.
 # Build from the repository root: docker build -f docker/webapp.Dockerfile .
 
+# doodle_lib/_simplify.c, the arithmetic of the preprocessing hot path (doodle_lib.drawing.simplify), compiled for
+# CPython 3.11 on Debian 12 like the image below; the compiler stays in this stage. The venv brings the setuptools
+# that Python 3.11 bundles; setup.py alone (no pyproject.toml) is all it reads.
+FROM python:3.11.14-slim-bookworm AS extension
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY setup.py ./
+COPY doodle_lib/_simplify.c doodle_lib/
+RUN python -m venv /tmp/build && /tmp/build/bin/python setup.py build_ext --inplace
+
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -23,6 +35,7 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 # uid 50000, gid 0 like the Airflow image: both write data/ and storage/ on the same volumes.
 COPY --chown=50000:0 doodle_lib/ /opt/doodle/app/doodle_lib/
+COPY --from=extension --chown=50000:0 /src/doodle_lib/*.so /opt/doodle/app/doodle_lib/
 COPY --chown=50000:0 webapp/ /opt/doodle/app/webapp/
 COPY --chown=50000:0 data/quickdraw-sample/ /opt/doodle/app/data/quickdraw-sample/
 ENV PATH=/opt/venv/bin:$PATH \

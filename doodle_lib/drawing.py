@@ -1,10 +1,11 @@
 """Strokes to the 28x28 bitmap, exactly as Google rendered Quick, Draw!'s numpy_bitmap files."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from doodle_lib import _simplify
 
 SIDE = 28  # output bitmap side, pixels
 BOX = 256.0  # the simplified format's coordinate box is 0..255
@@ -132,100 +133,19 @@ def render(strokes: Strokes) -> np.ndarray:
 
 def simplify(strokes: Strokes) -> Strokes:
     """Normalise raw strokes the way Google simplified its data: align, scale to 0..255, resample, RDP."""
-    sizes = np.array([len(xs) for xs, _ in strokes])
-    x = np.concatenate([xs for xs, _ in strokes])
-    y = np.concatenate([ys for _, ys in strokes])
-    low_x, low_y = x.min(), y.min()
-    extent = float(max(x.max() - low_x, y.max() - low_y))
-    factor = 255.0 / extent if extent > 0 else 1.0
-    if factor == math.inf:  # an extent below 1e-306 units: a dot, not an overflow to NaN
-        factor = 1.0
-    x, y, ends = _resample((x - low_x) * factor, (y - low_y) * factor, sizes)
-    keep = _rdp(x, y, ends, RDP_EPSILON)
-    x, y = x[keep].round(), y[keep].round()
-    bounds = keep.cumsum()[ends].tolist()  # one past each stroke's last kept point
-    return [(x[a:b], y[a:b]) for a, b in zip([0, *bounds[:-1]], bounds)]
-
-
-# Both steps below work on all strokes at once (a few numpy calls per drawing, not per stroke or per split)
-# and compute every value with the same floating-point operations as the stroke-by-stroke reference in
-# tests/doodle_lib/test_drawing.py (np.interp's formula, math.hypot for a chord), so the output is identical.
-# They call ndarray methods (a.cumsum(), a.repeat(), a.nonzero()...) rather than np.cumsum, np.repeat, np.flatnonzero:
-# the same kernels without numpy's Python-level dispatch, about 0.4 us a call over some 50 calls a drawing (-20%).
-
-
-def _resample(x: np.ndarray, y: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points every unit along each stroke, keeping both ends; returns x, y and each stroke's last index."""
+    # In C (doodle_lib/_simplify.c): every value computed with the same floating-point operations as the
+    # stroke-by-stroke reference in tests/doodle_lib/test_drawing.py (np.interp's formula, np.hypot, math.hypot
+    # for a chord, numpy's round half to even), so the output is identical, in microseconds.
     assert RESAMPLE_SPACING == 1.0  # the samples are the integers 0, 1, ... below each stroke's length
-    starts = sizes.cumsum() - sizes
-    lasts = starts + sizes - 1
-    lengths = np.hypot(x[1:] - x[:-1], y[1:] - y[:-1])
-    distance = np.zeros(len(x))  # along its own stroke, summed in stroke order like np.cumsum of the stroke
-    for start, last in zip(starts.tolist(), lasts.tolist()):
-        if last > start:
-            lengths[start:last].cumsum(out=distance[start + 1 : last + 1])
-    # Sample k lies on segment i (points i, i+1) when distance[i] <= k < distance[i+1]: ceil(d_i) <= k < ceil(d_i+1).
-    up = np.ceil(distance)
-    ink = float(up[lasts].sum())
-    if ink > MAX_INK:  # a scribble of 65,536 points can hold millions of units: refuse it before allocating them
+    x = np.concatenate([xs for xs, _ in strokes], dtype=np.float64)
+    y = np.concatenate([ys for _, ys in strokes], dtype=np.float64)
+    sizes = [len(xs) for xs, _ in strokes]
+    # The minima by numpy: which of -0.0 and 0.0 its reduction returns is its own, and the points keep that sign.
+    ink, points, ends = _simplify.simplify(x, y, sizes, x.min(), y.min(), RDP_EPSILON, MAX_INK)
+    if points is None:  # a scribble of 65,536 points can hold millions of units: refused before allocating them
         raise DrawingError(f"too much ink: {ink:.0f} units of stroke in a 256-unit box (at most {MAX_INK})")
-    counts = (up[1:] - up[:-1]).astype(np.intp)
-    counts[lasts[:-1]] = 0  # no segment from one stroke's last point to the next stroke's first
-    segment = np.arange(len(counts)).repeat(counts)
-    k = np.arange(len(segment)) - (counts.cumsum() - counts - up[:-1]).repeat(counts)
-    low = distance[segment]
-    run = distance[segment + 1] - low
-    on_point = k == low  # np.interp returns the point itself there
-    along = k - low
-    x0, y0 = x[segment], y[segment]
-    inner_x = np.where(on_point, x0, (x[segment + 1] - x0) / run * along + x0)
-    inner_y = np.where(on_point, y0, (y[segment + 1] - y0) / run * along + y0)
-    # Each stroke: its inner samples, then its last point (its first when it has no length: a dot).
-    per_stroke = up[lasts].astype(np.intp) + 1
-    ends = per_stroke.cumsum() - 1
-    ending = np.where(distance[lasts] > 0, lasts, starts)
-    sample = np.ones(len(segment) + len(ends), dtype=bool)
-    sample[ends] = False
-    out_x, out_y = np.empty(len(sample)), np.empty(len(sample))
-    out_x[sample], out_y[sample] = inner_x, inner_y
-    out_x[ends], out_y[ends] = x[ending], y[ending]
-    return out_x, out_y, ends
-
-
-def _rdp(x: np.ndarray, y: np.ndarray, ends: np.ndarray, epsilon: float) -> np.ndarray:
-    """Ramer-Douglas-Peucker on every stroke at once, one level of splits per pass; the mask of kept points."""
-    keep = np.zeros(len(x), dtype=bool)
-    first, last = np.concatenate([[0], ends[:-1] + 1]), ends
-    keep[first] = keep[last] = True
-    wide = last - first >= 2
-    first, last = first[wide], last[wide]
-    while len(first):
-        counts = last - first - 1
-        offsets = counts.cumsum() - counts
-        inner = np.arange(offsets[-1] + counts[-1]) + (first + 1 - offsets).repeat(counts)
-        sx, sy = x[first], y[first]
-        cx, cy = x[last] - sx, y[last] - sy
-        norm = list(map(math.hypot, cx.tolist(), cy.tolist()))
-        # Per inner point: its segment's start, chord and chord length (one gather for all five).
-        sx, sy, cx, cy, spread = np.array([sx, sy, cx, cy, norm]).repeat(counts, axis=1)
-        ax, ay = x[inner] - sx, y[inner] - sy
-        if 0.0 in norm:  # a loop back to its start: distances to the start point there
-            closed = spread == 0
-            spread[closed] = 1.0
-            distances = np.abs(cx * ay - cy * ax) / spread
-            distances[closed] = np.hypot(ax[closed], ay[closed])
-        else:
-            distances = np.abs(cx * ay - cy * ax) / spread
-        farthest = np.maximum.reduceat(distances, offsets)
-        # The first point at the maximum of each segment (np.argmax's choice among equals).
-        at_max = (distances == farthest.repeat(counts)).nonzero()[0]
-        far = farthest > epsilon
-        split = inner[at_max[at_max.searchsorted(offsets[far])]]
-        keep[split] = True
-        first, last = np.concatenate([first[far], split]), np.concatenate([split, last[far]])
-        wide = last - first >= 2
-        first, last = first[wide], last[wide]
-    return keep
+    x, y = np.frombuffer(points).reshape(2, -1)  # a bytearray: writable arrays, as before
+    return [(x[a:b], y[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def strokes_to_bitmap(strokes: object, *, raw: bool = True) -> np.ndarray:

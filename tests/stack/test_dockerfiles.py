@@ -58,7 +58,7 @@ def test_apt_and_pip_leave_no_caches(path):
 
 
 def test_airflow_image_matches_the_locked_airflow_and_python():
-    base = Dockerfile.read(DOCKER / "airflow.Dockerfile").all("FROM")[0]
+    base = Dockerfile.read(DOCKER / "airflow.Dockerfile").all("FROM", -1)[0]  # the image shipped: the last stage
     python = re.search(r">=(\d+\.\d+)", tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["requires-python"])[1]
     assert base == f"apache/airflow:{LOCKED['apache-airflow']}-python{python}"
     for path in DOCKERFILES:
@@ -117,9 +117,33 @@ def test_copied_files_exist_and_are_in_the_build_context(path):
             assert (PROJECT_ROOT / source).exists(), f"{path.name} copies missing {source}"
             files = [source] if (PROJECT_ROOT / source).is_file() else [
                 str(f.relative_to(PROJECT_ROOT)) for f in (PROJECT_ROOT / source).rglob("*") if f.is_file()
-                and "__pycache__" not in f.parts]
+                and "__pycache__" not in f.parts and f.suffix != ".so"]  # build products, left out on purpose
             excluded = [f for f in files if not dockerignore_includes(f)]
             assert files and not excluded, f"{path.name}: .dockerignore leaves out {excluded[:3]}"
+
+
+@pytest.mark.parametrize("name", ["airflow", "webapp"])
+def test_images_that_simplify_strokes_get_the_compiled_extension(name):
+    # doodle_lib.drawing imports doodle_lib._simplify: a stage with a compiler builds it with setup.py, and the
+    # final stage (no compiler) copies the built module beside doodle_lib's Python files, on PYTHONPATH.
+    dockerfile = Dockerfile.read(DOCKER / f"{name}.Dockerfile")
+    builds = [s for s in dockerfile.stages[:-1] if any("setup.py build_ext" in a for i, a in s if i == "RUN")]
+    assert builds, f"{name}: no stage compiles doodle_lib/_simplify.c"
+    stage = builds[0]
+    name_of_stage = stage[0][1].split()[-1]  # FROM <image> AS <name>
+    runs = " ".join(a for i, a in stage if i == "RUN")
+    sources = " ".join(a for i, a in stage if i == "COPY")
+    assert "gcc" in runs and "libc6-dev" in runs, f"{name}: no compiler in the stage that builds the extension"
+    assert "setup.py" in sources and "doodle_lib/_simplify.c" in sources
+    copies = [a.split() for a in dockerfile.all("COPY", -1) if f"--from={name_of_stage}" in a]
+    assert copies, f"{name}: the final stage does not copy the compiled module"
+    source, target = copies[0][-2:]
+    assert source.endswith("doodle_lib/*.so") and target.rstrip("/") == dockerfile.env()["PYTHONPATH"] + "/doodle_lib"
+
+
+def test_build_context_has_the_extension_source_and_no_host_build():
+    assert dockerignore_includes("setup.py") and dockerignore_includes("doodle_lib/_simplify.c")
+    assert not dockerignore_includes("doodle_lib/_simplify.cpython-311-x86_64-linux-gnu.so")
 
 
 def test_dockerignore_keeps_secrets_and_state_out():
