@@ -137,11 +137,15 @@ def proposals_file(settings: Settings, batch: str) -> Path:
     return settings.dataset_dir / PROPOSALS_FOLDER / f"{batch}.npz"
 
 
-def held_back(keys: list[str], share: float) -> np.ndarray:
-    """Which of a new category's drawings judge it instead of training it: a fixed share, picked by key hash."""
-    order = sorted(range(len(keys)), key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest())
-    flags = np.zeros(len(keys), dtype=bool)
-    flags[order[: max(1, round(len(keys) * share))]] = True
+def held_back(images: list[np.ndarray], share: float) -> np.ndarray:
+    """Which of a new category's drawings judge it instead of training it: a fixed share, picked by content hash.
+
+    By the bitmap, not the drawing's id (random): the same drawings always split the same way, so a retraining
+    run, and its verdict, can be repeated.
+    """
+    order = sorted(range(len(images)), key=lambda i: hashlib.sha256(images[i].tobytes()).hexdigest())
+    flags = np.zeros(len(images), dtype=bool)
+    flags[order[: max(1, round(len(images) * share))]] = True
     return flags
 
 
@@ -169,7 +173,7 @@ def ingest(settings: Settings, batch: str) -> dict:
         flags = np.zeros(len(keys), dtype=bool)
         for name in proposed:  # each category's own share, so every new category has drawings to be judged on
             rows = [i for i, label in enumerate(labels) if label == name]
-            flags[rows] = held_back([keys[i] for i in rows], settings.new_category_holdout)
+            flags[rows] = held_back([images[i] for i in rows], settings.new_category_holdout)
         atomic.write_npz(
             proposals_file(settings, batch), x=np.stack(images), y=np.array(labels), keys=np.array(keys), held_back=flags
         )

@@ -95,11 +95,12 @@ def test_snapshot_takes_ready_proposals_and_ingest_holds_back_a_share_of_each(lo
     assert len(judges) == 2
 
 
-def test_held_back_is_a_fixed_share_chosen_by_key_not_by_order():
-    keys = [f"dog/{i:04d}" for i in range(25)]
-    flags = retraining.held_back(keys, 0.2)
-    assert flags.sum() == 5 and (retraining.held_back(keys[::-1], 0.2)[::-1] == flags).all()
-    assert retraining.held_back(keys[:3], 0.2).sum() == 1  # always at least one judge
+def test_held_back_is_a_fixed_share_chosen_by_content_not_by_order():
+    images = [np.full((28, 28), i, dtype=np.uint8) for i in range(25)]
+    flags = retraining.held_back(images, 0.2)
+    assert flags.sum() == 5 and (retraining.held_back(images[::-1], 0.2)[::-1] == flags).all()
+    assert retraining.held_back([image.copy() for image in images], 0.2).tolist() == flags.tolist()
+    assert retraining.held_back(images[:3], 0.2).sum() == 1  # always at least one judge
 
 
 def test_ingest_keeps_good_drawings_rerenders_a_broken_png_and_sets_bad_ones_aside(local):
