@@ -1,5 +1,6 @@
 /* doodle_lib._simplify: the arithmetic of doodle_lib.drawing.simplify (scale to 0..255, resample every unit,
-   Ramer-Douglas-Peucker, round) in C, the hot path of the web app's /api/predict.
+   Ramer-Douglas-Peucker, round) in C, the hot path of the web app's /api/predict; and path(), render's strokes as
+   cairo path data (see above that function).
 
    Every value is computed with the same IEEE-754 double operations, on the same operands, as the numpy code this
    replaced and the stroke-by-stroke reference in tests/doodle_lib/test_drawing.py (np.interp's formula, np.hypot,
@@ -361,16 +362,124 @@ done:
     return result;
 }
 
+/* cairo's path element, cairo_path_data_t: a header unit {int type; int length} then `length - 1` point units
+   {double x, y}, each unit 16 bytes (a union). The layout is cairo's public ABI; no cairo header is needed. */
+typedef union {
+    struct {
+        int type;
+        int length;
+    } header;
+    struct {
+        double x, y;
+    } point;
+} path_unit;
+
+enum { PATH_MOVE_TO = 0, PATH_LINE_TO = 1 };
+
+/* path(x, y, sizes, box) -> (data, counts): the strokes as one cairo_path_data_t array for cairo_append_path,
+   shifted by ((box - max x) / 2, (box - max y) / 2) as doodle_lib.drawing.render centres a drawing: each stroke a
+   move_to its first point, then a line_to every point from the first again (a one-point stroke is a dot). counts:
+   the units of each stroke's path, one list item a stroke, in order. */
+static PyObject *path(PyObject *module, PyObject *args)
+{
+    PyObject *x_obj, *y_obj, *sizes_obj, *sequence = NULL, *data = NULL, *counts = NULL, *result = NULL;
+    Py_buffer x_view = {0}, y_view = {0};
+    Py_ssize_t n, strokes, s, i, start, size, total = 0;
+    const double *x, *y;
+    double box, high_x, high_y, dx, dy;
+    path_unit *unit;
+
+    if (!PyArg_ParseTuple(args, "OOOd", &x_obj, &y_obj, &sizes_obj, &box)) {
+        return NULL;
+    }
+    if (get_doubles(x_obj, &x_view, "x") < 0) {
+        return NULL;
+    }
+    if (get_doubles(y_obj, &y_view, "y") < 0) {
+        PyBuffer_Release(&x_view);
+        return NULL;
+    }
+    x = x_view.buf;
+    y = y_view.buf;
+    n = x_view.len / (Py_ssize_t)sizeof(double);
+    if (y_view.len != x_view.len || n == 0) {
+        PyErr_SetString(PyExc_ValueError, "x and y must hold the same number of points, at least one");
+        goto done;
+    }
+    if (!(sequence = PySequence_Fast(sizes_obj, "sizes must be a sequence of ints"))) {
+        goto done;
+    }
+    strokes = PySequence_Fast_GET_SIZE(sequence);
+    if (!(counts = PyList_New(strokes))) {
+        goto done;
+    }
+    for (s = 0; s < strokes; s++) {
+        size = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sequence, s));
+        if (size == -1 && PyErr_Occurred()) {
+            goto done;
+        }
+        if (size < 1 || size > n - total) {
+            break;
+        }
+        total += size;
+        PyObject *count = PyLong_FromSsize_t(2 * (size + 1));
+        if (!count) {
+            goto done;
+        }
+        PyList_SET_ITEM(counts, s, count);
+    }
+    if (s != strokes || total != n) {
+        PyErr_SetString(PyExc_ValueError, "sizes must be positive and sum to the number of points");
+        goto done;
+    }
+    /* The same doubles as the numpy code: the maxima, then (box - max) / 2, then each coordinate plus the shift. */
+    high_x = x[0];
+    high_y = y[0];
+    for (i = 1; i < n; i++) {
+        high_x = x[i] > high_x ? x[i] : high_x;
+        high_y = y[i] > high_y ? y[i] : high_y;
+    }
+    dx = (box - high_x) / 2;
+    dy = (box - high_y) / 2;
+    if (!(data = PyByteArray_FromStringAndSize(NULL, 2 * (n + strokes) * (Py_ssize_t)sizeof(path_unit)))) {
+        goto done;
+    }
+    unit = (path_unit *)PyByteArray_AS_STRING(data);
+    for (s = 0, start = 0; s < strokes; s++, start += size) {
+        size = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sequence, s)); /* checked above */
+        for (i = -1; i < size; i++, unit += 2) { /* the move_to (i = -1), then every point from the first again */
+            Py_ssize_t at = start + (i < 0 ? 0 : i);
+            memset(&unit[0], 0, sizeof(path_unit)); /* the header's padding: no stray bytes */
+            unit[0].header.type = i < 0 ? PATH_MOVE_TO : PATH_LINE_TO;
+            unit[0].header.length = 2;
+            unit[1].point.x = x[at] + dx;
+            unit[1].point.y = y[at] + dy;
+        }
+    }
+    result = PyTuple_Pack(2, data, counts);
+
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(counts);
+    Py_XDECREF(sequence);
+    PyBuffer_Release(&y_view);
+    PyBuffer_Release(&x_view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"simplify", simplify, METH_VARARGS,
      "simplify(x, y, sizes, low_x, low_y, epsilon, max_ink) -> (ink, points, ends): scale, resample, RDP and round "
      "(see doodle_lib/_simplify.c)."},
+    {"path", path, METH_VARARGS,
+     "path(x, y, sizes, box) -> (data, counts): the strokes, centred, as cairo_path_data_t units for "
+     "cairo_append_path, and the units of each stroke (see doodle_lib/_simplify.c)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "doodle_lib._simplify",
-    "The arithmetic of doodle_lib.drawing.simplify, bit-for-bit as the numpy reference.", -1, methods,
+    "The arithmetic of doodle_lib.drawing.simplify, bit-for-bit as the numpy reference, and render's path data.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__simplify(void)

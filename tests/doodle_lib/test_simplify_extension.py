@@ -35,3 +35,19 @@ def test_sizes_must_cover_the_points_exactly(sizes):
 def test_only_matching_contiguous_finite_float64_buffers(x, error):
     with pytest.raises(error):
         _simplify.simplify(x, Y, [len(x)], 0.0, 0.0, 2.0, 1e5)
+
+
+def test_path_is_a_move_to_then_a_line_to_every_point_centred():
+    data, counts = _simplify.path(X, Y, [1, 2], 256.0)
+    assert counts == [4, 6]  # units: a one-point stroke is a move_to and a line_to (a dot); the other, 1 + 2
+    units = np.frombuffer(data, np.float64).reshape(-1, 2)
+    headers = units[0::2].view(np.int32)[:, :2].tolist()
+    assert headers == [[0, 2], [1, 2], [0, 2], [1, 2], [1, 2]]  # MOVE_TO, LINE_TO; each element two units long
+    dx, dy = (256 - 2) / 2, (256 - 5) / 2  # half the room left below the box on each axis
+    assert units[1::2].tolist() == [[dx, dy], [dx, dy], [1 + dx, 5 + dy], [1 + dx, 5 + dy], [2 + dx, 1 + dy]]
+
+
+@pytest.mark.parametrize("sizes", [(3, 0), (2,), (4,), (1, 1, 1, 1), (-1, 4), ()])
+def test_path_sizes_must_cover_the_points_exactly(sizes):
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        _simplify.path(X, Y, list(sizes), 256.0)
