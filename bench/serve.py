@@ -245,9 +245,9 @@ def main() -> None:
         strokes, bitmaps = write_bodies(root)
 
         production = Settings()  # the defaults a deployment gets, without environment overrides
-        workers, threads = production.webapp_workers, production.webapp_threads
+        workers = production.webapp_workers
         webapp_port = free_port()
-        webapp = stack.enter_context(gunicorn_app(app_env(settings, poll_seconds=5.0), root, workers, threads,
+        webapp = stack.enter_context(gunicorn_app(app_env(settings, poll_seconds=5.0), root, workers,
                                                   webapp_port, tuple(shlex.split(args.webapp_args))))
         targets = {"web app": (f"{webapp}/api/predict", strokes, lambda: server_processes(webapp_port))}
         if not args.only_webapp:
@@ -272,7 +272,7 @@ def main() -> None:
         results = measure(targets, args.concurrency, args.seconds)
         processes = server_processes(webapp_port)
         pss = pss_mb(processes)
-        webapp_settings = webapp_summary(args.webapp_args, workers, threads, root)
+        webapp_settings = webapp_summary(args.webapp_args, workers, root)
         context = {
             "date": date.today(), "epochs": args.epochs, "seconds": args.seconds, "load_before": load_before,
             "load_after": ", ".join(f"{v:.2f}" for v in os.getloadavg()), "webapp_args": args.webapp_args,
@@ -285,9 +285,9 @@ def main() -> None:
         print("written to BENCHMARKS.md")
 
 
-def webapp_summary(args: str, workers: int, threads: int, folder: Path) -> str:
+def webapp_summary(args: str, workers: int, folder: Path) -> str:
     """The web app's effective gunicorn settings, as `gunicorn --print-config` resolves them."""
-    env = {**os.environ, "DOODLE_WEBAPP_WORKERS": str(workers), "DOODLE_WEBAPP_THREADS": str(threads), "TMPDIR": str(folder)}
+    env = {**os.environ, "DOODLE_WEBAPP_WORKERS": str(workers), "TMPDIR": str(folder)}
     command = [str(VENV_BIN / "gunicorn"), "-c", str(GUNICORN_CONF), *shlex.split(args), "--print-config"]
     output = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True).stdout
     config = dict(re.findall(r"^(\w+)\s+= (.*)$", output, re.M))

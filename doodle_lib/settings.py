@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     mlflow_ui_url: str = Field("", description="MLflow address for links in the Airflow UI; empty means tracking_uri")
     webapp_bind: str = Field("127.0.0.1:8000", description="host:port the web app's gunicorn listens on")
     webapp_workers: int = Field(2, description="gunicorn worker processes of the web app (one model copy each)")
-    webapp_threads: int = Field(4, description="request threads per web app worker")
+    webapp_connections: int = Field(1000, description="simultaneous client connections per web app worker (gevent)")
     webhook_secret: str = Field("", description="HMAC secret of the MLflow registry webhook; empty turns the receiver off")
     top_k: int = Field(3, description="how many labels /api/predict returns by default")
     prometheus_multiproc_dir: Path | None = Field(

@@ -195,16 +195,20 @@ def production_version(settings: Settings, tracking: "MlflowClient | None" = Non
 
 def load_version(settings: Settings, version: str | int) -> "DoodleCNN":
     """The DoodleCNN of a registered version, rebuilt from its checkpoint (no pickled code is loaded)."""
-    import mlflow
-
     from doodle_lib.model import load_checkpoint
 
-    client(settings)
     with tempfile.TemporaryDirectory() as folder:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{settings.model_name}/{version}/extra_files/{CHECKPOINT_FILE}", dst_path=folder
-        )
-        return load_checkpoint(Path(path))
+        return load_checkpoint(download_checkpoint(settings, version, Path(folder)))
+
+
+def download_checkpoint(settings: Settings, version: str | int, folder: Path) -> Path:
+    """Download a registered version's checkpoint file into `folder`; returns its path."""
+    import mlflow
+
+    client(settings)
+    return Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{settings.model_name}/{version}/extra_files/{CHECKPOINT_FILE}", dst_path=str(folder)
+    ))
 
 
 def load_production(settings: Settings) -> "tuple[DoodleCNN, ModelVersion] | None":

@@ -16,6 +16,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 # app itself is not preloaded: each worker creates it, with its own model holder thread and metrics files.
 import gc  # noqa: E402
 
+import gevent  # noqa: E402
 import threadpoolctl  # noqa: E402
 import torch  # noqa: E402
 import mlflow  # noqa: E402,F401
@@ -28,17 +29,21 @@ gc.freeze()
 
 wsgi_app = "webapp:create_app()"
 bind = [settings.webapp_bind]
-# Chosen by measurement (2 cores, wrk with 16 keep-alive connections posting the golden drawings, 3 rounds of
-# 5 s on a machine shared with other jobs; req/s at concurrency 16, server CPU per request):
-#   gthread 2 workers x 4 threads, reuse_port  934 / 919 / 784 req/s, 1.9-2.1 ms CPU, connections split evenly
-#   gthread 2 x 4, one shared socket           856 / 931 / 748 req/s, same CPU; the split is luck (see 2 x 1)
-#   sync, 2 workers                            790 / 764 / 544 req/s: no keep-alive, a new connection a request
-#   gthread 2 x 1 and 2 x 2, shared socket     349-707 req/s: often one worker took all 16 connections
-# At concurrency 1 all are alike (p50 ~2.0 ms there, under that load). Requests are CPU-bound, so the worker count
-# is the core count; a third worker costs ~40 MB PSS and competes with the load generator for the same cores.
+# gevent: each worker serves its keep-alive connections from one event loop, one request after another, with no
+# hand-off between threads. Requests are CPU-bound, so that is all the concurrency a worker can use, and the
+# hand-offs were a third of gthread's cost. Chosen by measurement (bench/serve.py's cells on 2 cores; wrk with 16
+# keep-alive connections posting the golden drawings; a machine shared with other jobs, so pairs run back to back):
+#   gevent, 2 workers, yield after each request  1,050-1,370 req/s, 1.4-1.8 ms CPU a request, p99 25-31 ms
+#   gthread, 2 workers x 4 threads               910-1,120 req/s, 1.6-2.0 ms CPU a request, p99 40-45 ms
+#   gevent without the yield (post_request)      1,000-1,490 req/s, p99 0.7-1.1 s: a few connections took the worker
+#   a trivial view (/healthz)                    gevent 2,940 req/s, gthread 2,320: the framework's own floor
+# At concurrency 1, p50 1.6 ms (gevent) against 2.0-2.3 ms (gthread). The worker count is the core count: a third
+# worker costs ~40 MB PSS and competes with the load generator for the same cores. gevent patches the standard
+# library in each worker. Disk writes still block the loop: a feedback post's two fsyncs hold the worker's other
+# requests for ~2 ms. A model's load (tens of ms of CPU) runs on gevent's thread pool (webapp/offload.py).
 workers = settings.webapp_workers
-worker_class = "gthread"  # keep-alive connections; threads let a slow client not block the worker
-threads = settings.webapp_threads
+worker_class = "gevent"
+worker_connections = settings.webapp_connections
 # Each worker gets its own listening socket (SO_REUSEPORT) and the kernel spreads new connections over them:
 # with one shared socket, long keep-alive connections stay with whichever worker accepted them first, and one
 # worker could hold all of them while the other idles. Caveat: a second server started on the same port by the
@@ -46,7 +51,7 @@ threads = settings.webapp_threads
 reuse_port = True
 keepalive = 30
 backlog = 2048
-timeout = 60  # a worker stuck this long is restarted; loads happen in a background thread, never in a request
+timeout = 60  # a worker stuck this long is restarted; loads happen off the request path, never in a request
 graceful_timeout = 20
 accesslog = None
 errorlog = "-"
@@ -60,6 +65,20 @@ def post_fork(server, worker):
     # worker's OpenBLAS threads spin waiting for work while the other worker needs the core (measured at concurrency
     # 16: 90 req/s and 10 ms of CPU a request, against 1,050 req/s and 1.7 ms with one thread).
     threadpoolctl.threadpool_limits(1)
+
+
+IDLE_WAIT_SECONDS = 0.05
+
+
+def post_request(worker, req, environ, resp):
+    # Fairness between one worker's connections: a client that sends its next request at once (a load generator, a
+    # proxy's pooled connection) finds it already waiting after each response, so without this the loop would serve
+    # that connection again and again while others wait (p99 near a second at 16 connections). gevent.idle()
+    # returns once the loop has handled every other ready connection: first come, first served. The timeout bounds
+    # the wait should the loop never fall idle.
+    if worker.cfg.worker_class_str == "gevent":
+        with gevent.Timeout(IDLE_WAIT_SECONDS, False):
+            gevent.idle()
 
 
 def child_exit(server, worker):

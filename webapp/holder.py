@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from doodle_lib import dataset, tracking
 from doodle_lib.drawing import strokes_to_bitmap
-from doodle_lib.model import ServingCNN
+from doodle_lib.model import ServingCNN, load_checkpoint
 from doodle_lib.settings import Settings
+from webapp import offload
 
 log = logging.getLogger(__name__)
 SIGNAL_FILE = "registry-changed"  # touched by the webhook receiver of any worker, watched by all
@@ -36,6 +39,13 @@ class Served:
     def predict(self, bitmap: np.ndarray) -> np.ndarray:
         """Class probabilities of one 28x28 bitmap."""
         return self.model.probabilities(bitmap)
+
+
+def serving_model(checkpoint: Path) -> ServingCNN:
+    """The serving form of a checkpoint, warmed up: first calls load cairo and the BLAS kernels, not in a request."""
+    model = ServingCNN(load_checkpoint(checkpoint))
+    model.probabilities(strokes_to_bitmap(WARM_UP_STROKES))
+    return model
 
 
 class ModelHolder:
@@ -95,18 +105,24 @@ class ModelHolder:
         if version is None or (current and current.version == str(version.version)):
             return
         try:
-            model = tracking.load_version(self.settings, version.version)
+            served = self._load(str(version.version))
         except Exception as error:  # noqa: BLE001
             log.warning("loading version %s failed, still serving %s: %s", version.version, current and current.version, error)
             self.last_error = f"loading version {version.version} failed: {error}"
             self.on_reload("failure", current)
             return
-        served = Served(ServingCNN(model), str(version.version), datetime.now(timezone.utc))
-        served.predict(strokes_to_bitmap(WARM_UP_STROKES))  # first calls load cairo and torch kernels: not in a request
         self.versions_seen.add(served.version)
         self.served = served
         log.info("now serving version %s (was %s)", version.version, current and current.version)
         self.on_reload("success", self.served)
+
+    def _load(self, version: str) -> Served:
+        """Download a version (network I/O, which gevent interleaves with requests), then build and warm up its
+        serving form off the event loop (tens of ms of CPU that no request should wait on)."""
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = tracking.download_checkpoint(self.settings, version, Path(folder))
+            model = offload.blocking(serving_model, checkpoint)
+        return Served(model, version, datetime.now(timezone.utc))
 
     def _unreachable(self, error: Exception) -> None:
         if self.registry_reachable or not self.last_error:

@@ -27,7 +27,7 @@ def app_env(settings: Settings, poll_seconds: float = 0.5, secret: str = "") -> 
 
 
 @contextmanager
-def gunicorn_app(env: dict[str, str], log_dir: Path, workers: int = 2, threads: int = 4,
+def gunicorn_app(env: dict[str, str], log_dir: Path, workers: int = 2,
                  port: int | None = None, args: tuple[str, ...] = ()) -> Iterator[str]:
     """The web app served by gunicorn with the repository's config file on a free loopback port; yields its URL.
 
@@ -41,7 +41,6 @@ def gunicorn_app(env: dict[str, str], log_dir: Path, workers: int = 2, threads: 
         **os.environ, **env,
         "DOODLE_WEBAPP_BIND": f"127.0.0.1:{port}",
         "DOODLE_WEBAPP_WORKERS": str(workers),
-        "DOODLE_WEBAPP_THREADS": str(threads),
     }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [str(VENV_BIN / "gunicorn"), "-c", str(GUNICORN_CONF), *args]
