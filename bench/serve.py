@@ -55,12 +55,14 @@ def train_and_register(settings: Settings, epochs: int):
 def time_in_process(model, repeats: int = 3000) -> dict[str, float]:
     """(a) One image's forward through the model as trained (nn.Module), and the web app's whole work for one request
     without HTTP (its serving form of the model); median ms."""
+    import threadpoolctl
     import torch
 
     from doodle_lib.drawing import strokes_to_bitmap
     from doodle_lib.model import ServingCNN
 
-    torch.set_num_threads(1)  # as in each gunicorn worker
+    torch.set_num_threads(1)  # as in each gunicorn worker, BLAS included
+    threadpoolctl.threadpool_limits(1)
     serving = ServingCNN(model)  # what the web app runs
     drawings = [strokes for _, _, strokes in fixture_drawings()]
     bitmaps = [torch.from_numpy(strokes_to_bitmap(s)) for s in drawings]
