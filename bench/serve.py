@@ -171,7 +171,7 @@ def report(results: dict, levels: list[int], in_process: dict, pss: float, worke
         f" {context['load_before']}; after: {context['load_after']}.",
         f"- Web app: `{' '.join(['gunicorn -c webapp/gunicorn.conf.py', context['webapp_args']]).strip()}`"
         f" ({'overridden on the command line' if context['webapp_args'] else 'the production settings'}):"
-        f" {context['webapp_settings']}; torch 1 thread a worker.",
+        f" {context['webapp_settings']}; one torch and one BLAS thread a worker.",
         "- (b) `mlflow models serve -m models:/doodle-classifier@production --env-manager local` (uvicorn, its"
         " default 1 worker), posted the rendered bitmap as `{\"inputs\": [[[...]]]}`.",
         "- (c) bench/proxy.py under gunicorn (2 gthread workers x 4 threads): the same preprocessing, then the bitmap"
