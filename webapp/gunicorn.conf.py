@@ -31,9 +31,9 @@ wsgi_app = "webapp:create_app()"
 bind = [settings.webapp_bind]
 # gevent: each worker serves its keep-alive connections from one event loop, one request after another, with no
 # hand-off between threads. Requests are CPU-bound, so that is all the concurrency a worker can use; the hand-offs
-# were a fifth of a trivial request's cost under gthread. Chosen by measurement (bench/serve.py's cells on 2 cores; wrk with 16
-# keep-alive connections posting the golden drawings; a machine shared with other jobs, so pairs ran back to back;
-# BENCHMARKS.md has them):
+# were a fifth of a trivial request's cost under gthread. Chosen by measurement (bench/serve.py's cells on 2 cores;
+# wrk with 16 keep-alive connections posting the golden drawings; a machine shared with other jobs, so pairs ran
+# back to back; BENCHMARKS.md has them):
 #   gevent, 2 workers, yield after each request  1,050-1,380 req/s, 1.35-1.8 ms CPU a request, p99 23-31 ms
 #   gthread, 2 workers x 4 threads               910-1,160 req/s, 1.6-2.0 ms CPU a request, p99 38-45 ms
 #   gevent without the yield (post_request)      1,000-1,490 req/s, p99 0.7-1.1 s: a few connections took the worker
