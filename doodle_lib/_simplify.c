@@ -116,6 +116,27 @@ static int get_doubles(PyObject *obj, Py_buffer *view, const char *name)
     return 0;
 }
 
+/* x and y as float64 buffers of the same length, at least one point, into the views and n: 0; or -1 with an
+   exception set and no buffer held. */
+static int get_points(PyObject *x_obj, PyObject *y_obj, Py_buffer *x_view, Py_buffer *y_view, Py_ssize_t *n)
+{
+    if (get_doubles(x_obj, x_view, "x") < 0) {
+        return -1;
+    }
+    if (get_doubles(y_obj, y_view, "y") < 0) {
+        PyBuffer_Release(x_view);
+        return -1;
+    }
+    *n = x_view->len / (Py_ssize_t)sizeof(double);
+    if (y_view->len != x_view->len || *n == 0) {
+        PyErr_SetString(PyExc_ValueError, "x and y must hold the same number of points, at least one");
+        PyBuffer_Release(y_view);
+        PyBuffer_Release(x_view);
+        return -1;
+    }
+    return 0;
+}
+
 /* Points every unit along one stroke (n points from x, y; d: the distance along it), keeping both ends, into
    out_x, out_y; returns how many (ceil of the stroke's length, plus one). np.interp at the samples 0, 1, ...
    below the length: sample k lies on segment i when d[i] <= k < d[i + 1], that is ceil(d[i]) <= k < ceil(d[i + 1]);
@@ -310,20 +331,11 @@ static PyObject *simplify(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOdddd", &x_obj, &y_obj, &sizes_obj, &low_x, &low_y, &epsilon, &max_ink)) {
         return NULL;
     }
-    if (get_doubles(x_obj, &x_view, "x") < 0) {
-        return NULL;
-    }
-    if (get_doubles(y_obj, &y_view, "y") < 0) {
-        PyBuffer_Release(&x_view);
+    if (get_points(x_obj, y_obj, &x_view, &y_view, &n) < 0) {
         return NULL;
     }
     x = x_view.buf;
     y = y_view.buf;
-    n = x_view.len / (Py_ssize_t)sizeof(double);
-    if (y_view.len != x_view.len || n == 0) {
-        PyErr_SetString(PyExc_ValueError, "x and y must hold the same number of points, at least one");
-        goto done;
-    }
     for (s = 0; s < n; s++) {
         if (!isfinite(x[s]) || !isfinite(y[s])) {
             PyErr_SetString(PyExc_ValueError, "coordinates must be finite");
@@ -392,20 +404,11 @@ static PyObject *path(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOd", &x_obj, &y_obj, &sizes_obj, &box)) {
         return NULL;
     }
-    if (get_doubles(x_obj, &x_view, "x") < 0) {
-        return NULL;
-    }
-    if (get_doubles(y_obj, &y_view, "y") < 0) {
-        PyBuffer_Release(&x_view);
+    if (get_points(x_obj, y_obj, &x_view, &y_view, &n) < 0) {
         return NULL;
     }
     x = x_view.buf;
     y = y_view.buf;
-    n = x_view.len / (Py_ssize_t)sizeof(double);
-    if (y_view.len != x_view.len || n == 0) {
-        PyErr_SetString(PyExc_ValueError, "x and y must hold the same number of points, at least one");
-        goto done;
-    }
     if (!(sequence = PySequence_Fast(sizes_obj, "sizes must be a sequence of ints"))) {
         goto done;
     }
