@@ -54,6 +54,9 @@ keepalive = 30
 backlog = 2048
 timeout = 60  # a worker stuck this long is restarted; loads happen off the request path, never in a request
 graceful_timeout = 20
+# No control socket (gunicornc): every master would otherwise take the same per-user path, ~/.gunicorn/gunicorn.ctl,
+# so a second instance (tests, a benchmark beside `make up`) takes it over from the first.
+control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = "info"
