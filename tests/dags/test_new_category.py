@@ -18,6 +18,10 @@ pytestmark = pytest.mark.slow
 NEW = "fish"
 OLD = [c for c in CATEGORIES if c != NEW]
 TYPED = ["Fish", "fish ", "FISH", "  fish", "Fish"]  # how people type it; "fishes" would join "fish" only once it exists
+# The gate's tolerance in this run. This world judges the old five on 1,000 evaluation drawings, so the default 0.5
+# points is 5 of them, and where that line falls depends on the CPU's floating-point kernels (on an AMD EPYC host
+# the same run lost 4 to 6, and 6 was refused; elsewhere 3). One point (10 drawings) still refuses a candidate that forgets.
+TOLERANCE = 1.0
 
 
 @pytest.fixture
@@ -30,10 +34,6 @@ def five_category_world(settings, tmp_path_factory) -> tuple:
     base = world.register_base(settings, checkpoint, dataset_version)
     tracking.set_production(settings, base)
     settings.model_poll_seconds = 0.3
-    # This world judges the old five on 1,000 evaluation drawings, so 0.5 points is 5 of them: where the gate's line
-    # falls then depends on the CPU's floating-point kernels (on an AMD EPYC host the same run lost 6 and was refused,
-    # elsewhere 3). One point (10 drawings) still refuses a candidate that forgets, at this world's scale.
-    settings.promotion_tolerance = 1.0
     app = create_app({"SETTINGS": settings, "TESTING": True})
     yield settings, base, app
     app.extensions["model_holder"].stop()
@@ -56,7 +56,7 @@ def test_25_proposed_drawings_teach_the_model_a_sixth_category(dagbag, five_cate
     assert [p.name for p in proposals.ready(settings, OLD)] == [NEW]
 
     # No correction waits: the ready proposal alone starts the run.
-    run, states = run_dag(dagbag.get_dag("retrain"), threshold=50)
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=50, tolerance=TOLERANCE)
 
     assert set(states.values()) == {"success"}, states
     production = tracking.production_version(settings)
@@ -73,7 +73,7 @@ def test_25_proposed_drawings_teach_the_model_a_sixth_category(dagbag, five_cate
     print(f"\nsixth category {NEW!r}: {100 * new_accuracy:.2f}% of {world.EVAL_PER_CATEGORY} evaluation drawings; "
           f"old five {100 * old_before:.2f}% -> {100 * old_after:.2f}%")
     assert new_accuracy >= 0.7, f"{NEW}: {new_accuracy:.3f} on its evaluation drawings (chance is 1/6)"
-    assert old_after >= old_before - settings.promotion_tolerance / 100
+    assert old_after >= old_before - TOLERANCE / 100
 
     # The proposal became a category: closed, and the web app offers it, read from the served model.
     assert NEW not in proposals.names(settings)
