@@ -137,6 +137,45 @@ static int get_points(PyObject *x_obj, PyObject *y_obj, Py_buffer *x_view, Py_bu
     return 0;
 }
 
+/* The stroke sizes of a sequence of ints, each >= 1, summing to n, as a new array (PyMem_Free it) and their
+   count: 0; or -1 with an exception set and nothing allocated. */
+static int get_sizes(PyObject *sizes_obj, Py_ssize_t n, Py_ssize_t **sizes, Py_ssize_t *strokes)
+{
+    PyObject *sequence = PySequence_Fast(sizes_obj, "sizes must be a sequence of ints");
+    Py_ssize_t s, total = 0;
+
+    if (!sequence) {
+        return -1;
+    }
+    *strokes = PySequence_Fast_GET_SIZE(sequence);
+    if (!(*sizes = PyMem_Malloc((*strokes + 1) * sizeof(Py_ssize_t)))) {
+        Py_DECREF(sequence);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (s = 0; s < *strokes; s++) {
+        (*sizes)[s] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sequence, s));
+        if ((*sizes)[s] == -1 && PyErr_Occurred()) {
+            break;
+        }
+        if ((*sizes)[s] < 1 || (*sizes)[s] > n - total) {
+            PyErr_SetString(PyExc_ValueError, "sizes must be positive and sum to the number of points");
+            break;
+        }
+        total += (*sizes)[s];
+    }
+    if (s == *strokes && total != n) {
+        PyErr_SetString(PyExc_ValueError, "sizes must be positive and sum to the number of points");
+    }
+    Py_DECREF(sequence);
+    if (PyErr_Occurred()) {
+        PyMem_Free(*sizes);
+        *sizes = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /* Points every unit along one stroke (n points from x, y; d: the distance along it), keeping both ends, into
    out_x, out_y; returns how many (ceil of the stroke's length, plus one). np.interp at the samples 0, 1, ...
    below the length: sample k lies on segment i when d[i] <= k < d[i + 1], that is ceil(d[i]) <= k < ceil(d[i + 1]);
@@ -322,9 +361,9 @@ done:
 
 static PyObject *simplify(PyObject *module, PyObject *args)
 {
-    PyObject *x_obj, *y_obj, *sizes_obj, *sequence = NULL, *result = NULL;
+    PyObject *x_obj, *y_obj, *sizes_obj, *result = NULL;
     Py_buffer x_view = {0}, y_view = {0};
-    Py_ssize_t n, strokes, s, total = 0, *sizes = NULL;
+    Py_ssize_t n, strokes, s, *sizes = NULL;
     const double *x, *y;
     double low_x, low_y, epsilon, max_ink;
 
@@ -342,33 +381,13 @@ static PyObject *simplify(PyObject *module, PyObject *args)
             goto done;
         }
     }
-    if (!(sequence = PySequence_Fast(sizes_obj, "sizes must be a sequence of ints"))) {
-        goto done;
-    }
-    strokes = PySequence_Fast_GET_SIZE(sequence);
-    if (!(sizes = PyMem_Malloc((strokes + 1) * sizeof(Py_ssize_t)))) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (s = 0; s < strokes; s++) {
-        sizes[s] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sequence, s));
-        if (sizes[s] == -1 && PyErr_Occurred()) {
-            goto done;
-        }
-        if (sizes[s] < 1 || sizes[s] > n - total) {
-            break;
-        }
-        total += sizes[s];
-    }
-    if (s != strokes || total != n) {
-        PyErr_SetString(PyExc_ValueError, "sizes must be positive and sum to the number of points");
+    if (get_sizes(sizes_obj, n, &sizes, &strokes) < 0) {
         goto done;
     }
     result = run(x, y, n, sizes, strokes, low_x, low_y, epsilon, max_ink);
 
 done:
     PyMem_Free(sizes);
-    Py_XDECREF(sequence);
     PyBuffer_Release(&y_view);
     PyBuffer_Release(&x_view);
     return result;
@@ -394,9 +413,9 @@ enum { PATH_MOVE_TO = 0, PATH_LINE_TO = 1 };
    the units of each stroke's path, one list item a stroke, in order. */
 static PyObject *path(PyObject *module, PyObject *args)
 {
-    PyObject *x_obj, *y_obj, *sizes_obj, *sequence = NULL, *data = NULL, *counts = NULL, *result = NULL;
+    PyObject *x_obj, *y_obj, *sizes_obj, *data = NULL, *counts = NULL, *result = NULL;
     Py_buffer x_view = {0}, y_view = {0};
-    Py_ssize_t n, strokes, s, i, start, size, total = 0;
+    Py_ssize_t n, strokes, s, i, start, *sizes = NULL;
     const double *x, *y;
     double box, high_x, high_y, dx, dy;
     path_unit *unit;
@@ -409,31 +428,15 @@ static PyObject *path(PyObject *module, PyObject *args)
     }
     x = x_view.buf;
     y = y_view.buf;
-    if (!(sequence = PySequence_Fast(sizes_obj, "sizes must be a sequence of ints"))) {
-        goto done;
-    }
-    strokes = PySequence_Fast_GET_SIZE(sequence);
-    if (!(counts = PyList_New(strokes))) {
+    if (get_sizes(sizes_obj, n, &sizes, &strokes) < 0 || !(counts = PyList_New(strokes))) {
         goto done;
     }
     for (s = 0; s < strokes; s++) {
-        size = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sequence, s));
-        if (size == -1 && PyErr_Occurred()) {
-            goto done;
-        }
-        if (size < 1 || size > n - total) {
-            break;
-        }
-        total += size;
-        PyObject *count = PyLong_FromSsize_t(2 * (size + 1));
+        PyObject *count = PyLong_FromSsize_t(2 * (sizes[s] + 1));
         if (!count) {
             goto done;
         }
         PyList_SET_ITEM(counts, s, count);
-    }
-    if (s != strokes || total != n) {
-        PyErr_SetString(PyExc_ValueError, "sizes must be positive and sum to the number of points");
-        goto done;
     }
     /* The same doubles as the numpy code: the maxima, then (box - max) / 2, then each coordinate plus the shift. */
     high_x = x[0];
@@ -448,9 +451,8 @@ static PyObject *path(PyObject *module, PyObject *args)
         goto done;
     }
     unit = (path_unit *)PyByteArray_AS_STRING(data);
-    for (s = 0, start = 0; s < strokes; s++, start += size) {
-        size = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sequence, s)); /* checked above */
-        for (i = -1; i < size; i++, unit += 2) { /* the move_to (i = -1), then every point from the first again */
+    for (s = 0, start = 0; s < strokes; start += sizes[s++]) {
+        for (i = -1; i < sizes[s]; i++, unit += 2) { /* the move_to (i = -1), then every point from the first again */
             Py_ssize_t at = start + (i < 0 ? 0 : i);
             memset(&unit[0], 0, sizeof(path_unit)); /* the header's padding: no stray bytes */
             unit[0].header.type = i < 0 ? PATH_MOVE_TO : PATH_LINE_TO;
@@ -462,9 +464,9 @@ static PyObject *path(PyObject *module, PyObject *args)
     result = PyTuple_Pack(2, data, counts);
 
 done:
+    PyMem_Free(sizes);
     Py_XDECREF(data);
     Py_XDECREF(counts);
-    Py_XDECREF(sequence);
     PyBuffer_Release(&y_view);
     PyBuffer_Release(&x_view);
     return result;
