@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,27 +233,55 @@ def run_step(description: str, command: list[str], env: dict[str, str], echo: Ca
 
 
 def initialise(settings: Settings, echo: Callable[[str], None]) -> None:
-    """Create what is missing, and only that: Airflow's database, the dataset, a first production model."""
+    """Create what the services need and is missing, and only that: Airflow's database, the dataset."""
     env = environment(settings)
-    local = {**env, "MLFLOW_TRACKING_URI": ""}  # no server runs yet: train into the same SQLite store directly
     if not (airflow_home(settings) / "airflow.db").exists():
         run_step("creating Airflow's database", [str(VENV_BIN / "airflow"), "db", "migrate"], env, echo)
     if not (settings.data_dir / "dataset.dvc").exists():
-        run_step("preparing the dataset from the shipped sample", [str(VENV_BIN / "doodle"), "data", "prepare"], local, echo)
-    if not has_production_model(local):
-        command = [str(VENV_BIN / "doodle"), "train", "--promote"]
-        run_step("training the first model (about a minute)", command, {**local, "DOODLE_TORCH_THREADS": "0"}, echo)
+        run_step("preparing the dataset from the shipped sample", [str(VENV_BIN / "doodle"), "data", "prepare"], env, echo)
     write_prometheus_config(settings)
 
 
-def has_production_model(env: dict[str, str]) -> bool:
-    """Whether the local registry has a production version (asked in a subprocess: mlflow is slow to import)."""
-    code = "from doodle_lib import tracking; from doodle_lib.settings import Settings; " \
-           "import sys; sys.exit(0 if tracking.production_version(Settings()) else 3)"
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
-    if done.returncode not in (0, 3):
-        raise StackError(f"could not read the model registry: {done.stderr.strip()[-2000:]}")
-    return done.returncode == 0
+def ensure_first_model(settings: Settings, echo: Callable[[str], None], timeout: float = 120) -> None:
+    """Train, register and promote a first model through the running MLflow server if there is no production
+    model yet, then wait until the web app serves it."""
+    if has_production_model(settings):
+        return
+    command = [str(VENV_BIN / "doodle"), "train", "--promote"]
+    env = {**environment(settings), "DOODLE_TORCH_THREADS": "0"}
+    run_step("training the first model (about a minute)", command, env, echo)
+    webapp = next(s for s in services(settings) if s.name == "webapp").url(settings)
+    deadline = time.monotonic() + timeout
+    while not served_version(webapp):
+        if time.monotonic() > deadline:
+            raise StackError(f"the web app did not load the first model within {timeout:.0f}s; its log lines are above")
+        time.sleep(0.5)
+
+
+def has_production_model(settings: Settings) -> bool:
+    """Whether the registry has a production version, asked over MLflow's REST API: importing mlflow here would
+    add seconds to every start."""
+    query = urllib.parse.urlencode({"name": settings.model_name, "alias": settings.production_alias})
+    url = f"http://{settings.host}:{settings.mlflow_port}/api/2.0/mlflow/registered-models/alias?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return "model_version" in json.load(response)
+    except urllib.error.HTTPError as error:
+        body = error.read().decode(errors="replace")
+        if error.code in (400, 404) and ("RESOURCE_DOES_NOT_EXIST" in body or "INVALID_PARAMETER_VALUE" in body):
+            return False
+        raise StackError(f"could not read the model registry ({error.code}): {body[-2000:]}") from None
+    except OSError as error:
+        raise StackError(f"could not reach the model registry at {url}: {error}") from None
+
+
+def served_version(webapp: str) -> str | None:
+    """The model version the web app serves, or None (none yet, or not answering)."""
+    try:
+        with urllib.request.urlopen(f"{webapp}/api/model", timeout=2) as response:
+            return json.load(response).get("version")
+    except (OSError, ValueError):
+        return None
 
 
 def write_prometheus_config(settings: Settings) -> None:
@@ -303,7 +333,8 @@ def airflow_password(settings: Settings) -> str | None:
 
 
 def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 180) -> int:
-    """Initialise, start every service under honcho, print where they are, and wait until stopped."""
+    """Initialise, start every service under honcho, add a first model if there is none, print where they are, and
+    wait until stopped."""
     if pid := running_pid(settings):
         raise StackError(f"the stack already runs (pid {pid}); `make down` stops it")
     check_ports(settings)
@@ -325,6 +356,8 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     signal.signal(signal.SIGTERM, forward)
     try:
         wait_until_ready(settings, honcho, ready_timeout)
+        if honcho.poll() is None:
+            ensure_first_model(settings, echo)
         if honcho.poll() is None:
             echo(banner(settings))
         return honcho.wait()
