@@ -6,7 +6,7 @@ webapp/gunicorn.conf.py; req/s, p50 and p99 at each concurrency, the servers' CP
 holds on a machine shared with other jobs), the web app's PSS. Writes the "## Serving (bench/serve.py)" section of
 BENCHMARKS.md.
 
-Run from the project root: `.venv/bin/python -m bench.serve` (about 4 minutes).
+Run from the project root: `.venv/bin/python -m bench.serve` (about 7 minutes).
 """
 from __future__ import annotations
 
@@ -143,19 +143,34 @@ def pss_mb(processes: list[psutil.Process]) -> float:
 
 
 def measure(targets: dict[str, tuple[str, Path, Callable[[], list[psutil.Process]]]], levels: list[int],
-            seconds: float) -> dict:
-    """wrk against each target at each concurrency, and the CPU time its server processes spent per request."""
-    results = {}
-    for name, (url, bodies, servers) in targets.items():
-        for connections in levels:
-            wrk(url, bodies, connections, min(3.0, seconds))  # warm-up: connections, caches, worker threads
-            processes = servers()
-            before = cpu_seconds(processes)
-            results[name, connections] = r = wrk(url, bodies, connections, seconds)
-            r["cpu_ms"] = (cpu_seconds(processes) - before) / max(r["requests"], 1) * 1e3
-            print(f"{name:24} c={connections:<3} {r['rps']:7.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  "
-                  f"p99 {r['p99_us'] / 1e3:7.2f} ms  CPU {r['cpu_ms']:.2f} ms/request  errors {r['errors']}", flush=True)
-    return results
+            seconds: float, rounds: int) -> dict:
+    """wrk against each target at each concurrency, and the CPU time its server processes spent per request.
+
+    The cells run in rounds, every target once a round, and each figure is the median over the rounds: on a machine
+    shared with other jobs a slow minute then slows every target alike instead of one, so the ratios hold still.
+    """
+    cells: dict[tuple[str, int], list[dict]] = {}
+    for round_number in range(1, rounds + 1):
+        for name, (url, bodies, servers) in targets.items():
+            for connections in levels:
+                wrk(url, bodies, connections, min(3.0, seconds))  # warm-up: connections, caches, worker threads
+                processes = servers()
+                before = cpu_seconds(processes)
+                r = wrk(url, bodies, connections, seconds)
+                r["cpu_ms"] = (cpu_seconds(processes) - before) / max(r["requests"], 1) * 1e3
+                cells.setdefault((name, connections), []).append(r)
+                print(f"round {round_number}/{rounds} {name:24} c={connections:<3} {r['rps']:7.0f} req/s  p50 "
+                      f"{r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms  CPU {r['cpu_ms']:.2f} ms/request  "
+                      f"errors {r['errors']}", flush=True)
+    return {key: median_cell(runs) for key, runs in cells.items()}
+
+
+def median_cell(runs: list[dict]) -> dict:
+    """One cell's figures over its rounds: medians, the req/s range, and every error counted."""
+    cell = {key: float(np.median([r[key] for r in runs])) for key in ("rps", "p50_us", "p99_us", "cpu_ms")}
+    cell["rps_range"] = (min(r["rps"] for r in runs), max(r["rps"] for r in runs))
+    cell["errors"] = sum(r["errors"] for r in runs)
+    return cell
 
 
 def report(results: dict, levels: list[int], in_process: dict, pss: float, workers: int, context: dict) -> str:
@@ -165,7 +180,9 @@ def report(results: dict, levels: list[int], in_process: dict, pss: float, worke
         "`.venv/bin/python -m bench.serve`: a real `mlflow server` holds the registered model (default architecture,"
         f" width 16, trained {context['epochs']} epochs on the shipped sample; `models:/doodle-classifier@production`);"
         " every target answers the 150 golden drawings in turn (wrk, one thread, keep-alive, a Lua script posting"
-        f" each body; {context['seconds']:g} s per cell after a 3 s warm-up).", "",
+        f" each body; {context['seconds']:g} s per cell after a 3 s warm-up). The cells run in {context['rounds']}"
+        " rounds, every target once a round; each figure is the median over the rounds (req/s also shows the"
+        " range), so that a slow minute of the shared machine slows every target alike.", "",
         f"- Machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {host.platform()},"
         f" Python {host.python_version()}; wrk shares the cores with the servers. Load average before the run:"
         f" {context['load_before']}; after: {context['load_after']}.",
@@ -179,19 +196,20 @@ def report(results: dict, levels: list[int], in_process: dict, pss: float, worke
         "- Server CPU: user and system time of the target's processes (gunicorn master and workers; for (c) the proxy's"
         " and (b)'s) during the cell, divided by the requests it answered; wrk's own CPU is not in it.",
         "",
-        "| target | concurrency | req/s | p50 (ms) | p99 (ms) | server CPU (ms/request) | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| target | concurrency | req/s | req/s over the rounds | p50 (ms) | p99 (ms) | server CPU (ms/request) | errors |",
+        "|---|---|---|---|---|---|---|---|",
         f"| (a) in-process forward, one 28x28 image, 1 thread | 1 | {1e3 / in_process['forward_ms']:.0f} |"
-        f" {in_process['forward_ms']:.3f} | | | |",
+        f" | {in_process['forward_ms']:.3f} | | | |",
         f"| in-process request work (parse, simplify, render, forward, softmax) | 1 | {1e3 / in_process['work_ms']:.0f} |"
-        f" {in_process['work_ms']:.3f} | | | |",
+        f" | {in_process['work_ms']:.3f} | | | |",
     ]
     for name in TARGETS:
         for c in levels:
             if (name, c) in results:
                 r = results[name, c]
-                lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} |"
-                             f" {r['cpu_ms']:.2f} | {r['errors']} |")
+                low, high = r["rps_range"]
+                lines.append(f"| {name} | {c} | {r['rps']:.0f} | {low:.0f}-{high:.0f} | {r['p50_us'] / 1e3:.2f} |"
+                             f" {r['p99_us'] / 1e3:.2f} | {r['cpu_ms']:.2f} | {r['errors']} |")
     lines += ["", f"Web app memory after the runs: {pss:.0f} MB PSS over the gunicorn master and {workers} workers.", ""]
     top = max(levels)
     app = results.get(("web app", top))
@@ -227,7 +245,8 @@ def write_section(text: str, path: Path = PROJECT_ROOT / "BENCHMARKS.md") -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=12, help="wrk duration of each cell")
+    parser.add_argument("--seconds", type=float, default=8, help="wrk duration of each cell")
+    parser.add_argument("--rounds", type=int, default=3, help="times every cell runs, interleaved; medians reported")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="wrk connections")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of the served model")
     parser.add_argument("--webapp-args", default="", help="extra gunicorn options for the web app (compare settings)")
@@ -271,12 +290,13 @@ def main() -> None:
             # The proxy's requests cost both servers' CPU.
             targets[TARGETS[2]] = (f"http://127.0.0.1:{proxy_port}/api/predict", strokes,
                                    lambda: process_tree(proxy.pid) + process_tree(serve.pid))
-        results = measure(targets, args.concurrency, args.seconds)
+        results = measure(targets, args.concurrency, args.seconds, args.rounds)
         processes = server_processes(webapp_port)
         pss = pss_mb(processes)
         webapp_settings = webapp_summary(args.webapp_args, workers, root)
         context = {
-            "date": date.today(), "epochs": args.epochs, "seconds": args.seconds, "load_before": load_before,
+            "date": date.today(), "epochs": args.epochs, "seconds": args.seconds, "rounds": args.rounds,
+            "load_before": load_before,
             "load_after": ", ".join(f"{v:.2f}" for v in os.getloadavg()), "webapp_args": args.webapp_args,
             "webapp_settings": webapp_settings,
         }
