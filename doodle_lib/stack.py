@@ -243,12 +243,15 @@ def initialise(settings: Settings, echo: Callable[[str], None]) -> None:
 
 
 def ensure_first_model(settings: Settings, echo: Callable[[str], None], timeout: float = 120) -> None:
-    """Train, register and promote a first model through the running MLflow server if there is no production
-    model yet, then wait until the web app serves it."""
+    """Train, register and promote a first model if the registry has no production model yet, then wait until the
+    web app serves it."""
     if has_production_model(settings):
         return
     command = [str(VENV_BIN / "doodle"), "train", "--promote"]
-    env = {**environment(settings), "DOODLE_TORCH_THREADS": "0"}
+    # Into the store directly, not through the server: the first run creates the experiment, and created locally
+    # its artifacts live in a plain folder (the one the server also serves), so the `doodle` command reads every
+    # model without a server. Through the server they would be mlflow-artifacts:/ URIs that only a server resolves.
+    env = {**environment(settings), "MLFLOW_TRACKING_URI": "", "DOODLE_TORCH_THREADS": "0"}
     run_step("training the first model (about a minute)", command, env, echo)
     webapp = next(s for s in services(settings) if s.name == "webapp").url(settings)
     deadline = time.monotonic() + timeout

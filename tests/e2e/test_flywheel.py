@@ -1,6 +1,7 @@
 """The flywheel end to end: `make up` on empty folders, corrections through the API, a new model served."""
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 
 import numpy as np
@@ -10,6 +11,7 @@ from mlflow import MlflowClient
 from doodle_lib import feedback
 from tests.conftest import fixture_drawings
 from tests.e2e.stack_client import Platform, Stack, call, wait_until
+from tests.services import VENV_BIN
 
 pytestmark = pytest.mark.slow
 THRESHOLD = 30
@@ -102,3 +104,9 @@ def test_restart_keeps_the_model_and_the_waiting_feedback(platform):
     wait_until(lambda: stack.model()["version"] == served, 120, f"version {served} to be served again")
     assert sorted(ref.key for ref in feedback.complete(feedback_dir)) == before
     platform.stop()
+
+    # With the platform down, the `doodle` command reads the same store, the served model's files included.
+    env = {**platform.env, "MLFLOW_TRACKING_URI": ""}
+    done = subprocess.run([str(VENV_BIN / "doodle"), "evaluate"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"version {served}: accuracy" in done.stdout
