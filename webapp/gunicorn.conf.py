@@ -47,8 +47,10 @@ worker_class = "gevent"
 worker_connections = settings.webapp_connections
 # Each worker gets its own listening socket (SO_REUSEPORT) and the kernel spreads new connections over them:
 # with one shared socket, long keep-alive connections stay with whichever worker accepted them first, and one
-# worker could hold all of them while the other idles. Caveat: a second server started on the same port by the
-# same user joins silently instead of failing with "address in use".
+# worker could hold all of them while the other idles. The kernel picks a socket by hashing the connection, so a
+# few long-lived connections (a proxy's pool) can still split unevenly: four land on one worker one time in eight.
+# Caveat: a second server started on the same port by the same user joins silently instead of failing with
+# "address in use".
 reuse_port = True
 keepalive = 30
 backlog = 2048
