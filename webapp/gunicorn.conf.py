@@ -38,6 +38,8 @@ bind = [settings.webapp_bind]
 #   gthread, 2 workers x 4 threads               910-1,160 req/s, 1.6-2.0 ms CPU a request, p99 38-45 ms
 #   gevent without the yield (post_request)      1,000-1,490 req/s, p99 0.7-1.1 s: a few connections took the worker
 #   a trivial view (/healthz)                    gevent 2,940 req/s, gthread 2,320: the framework's own floor
+#   sync, 2 workers, no keep-alive               the same req/s, p99 19-25 ms (one accept queue, first come first
+#                                                served), but one slow upload or pipeline-page view holds a worker
 # At concurrency 1, p50 1.6 ms (gevent) against 2.0-2.3 ms (gthread). The worker count is the core count: a third
 # worker costs ~40 MB PSS and competes with the load generator for the same cores. gevent patches the standard
 # library in each worker. Disk writes still block the loop: a feedback post's two fsyncs hold the worker's other
