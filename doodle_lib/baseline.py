@@ -61,10 +61,11 @@ def train_base(settings: Settings, config, promote: bool = False, run_name: str 
     """Train from scratch on the versioned dataset, log and register the model; optionally promote it."""
     import mlflow
 
-    from doodle_lib import tracking, training
+    from doodle_lib import retraining, tracking, training
 
     dataset_version = current_dataset_version(settings)
-    train_split = dataset.load_training_data(settings.dataset_dir)
+    # Categories users added since the base data stay: the production model has them, so a new base model must too.
+    train_split = retraining.scratch_training_data(settings, set(retraining.production_categories(settings)))
     eval_split = dataset.read_split(settings.evaluation_path)
     categories = sorted(np.unique(train_split.y).tolist())
     with tracking.training_run(settings, run_name, {"dataset_version": dataset_version, "kind": "scratch"}) as run_id:

@@ -300,6 +300,11 @@ def start_experiment(settings: Settings, run_id: str, batch: str, dataset_versio
     return {"parent_run_id": parent, "mlflow_url": url}
 
 
+def scratch_training_data(settings: Settings, accepted: set[str]) -> dataset.Split:
+    """Every training drawing: the base split, all ingested feedback, and the `accepted` proposed categories' drawings."""
+    return concat(dataset.load_training_data(settings.dataset_dir), proposal_drawings(settings, accepted, judge=False))
+
+
 def training_parts(settings: Settings, batch: str, accepted: set[str], adding: set[str]) -> tuple[dataset.Split, dataset.Split]:
     """(old, new): every training drawing but this batch's, with the `accepted` proposed categories; and this batch's,
     with every training drawing of the categories it is `adding` (this batch's and earlier attempts')."""

@@ -18,7 +18,7 @@ DRAWING_SIDE = SIDE * (BOX + LINE_WIDTH) / (BOX + 2 * PADDING + LINE_WIDTH) + 1
 
 def image_to_bitmap(data: bytes) -> np.ndarray:
     """Decode, crop to the drawing, keep its aspect, centre it and invert dark-on-light: (28, 28) uint8."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if not data:
         raise DrawingError("the image is empty")
@@ -33,7 +33,9 @@ def image_to_bitmap(data: bytes) -> np.ndarray:
             if image.width * image.height > MAX_PIXELS:
                 raise DrawingError(f"the image is too large: {image.width}x{image.height} pixels")
             image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+    except DrawingError:
+        raise
+    except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ... on corrupt data
         raise DrawingError(f"not a readable PNG or JPEG image ({error.__class__.__name__})") from None
     return _normalise(_grayscale(image))
 

@@ -42,6 +42,8 @@ def require_json_object():
         body = request.get_json()
     except BadRequest:
         return error(400, "the body is not valid JSON")
+    except RecursionError:  # json's parser recurses once a level: a few kB of "[[[[" reach Python's limit
+        return error(400, "the body is nested too deeply")
     if not isinstance(body, dict):
         return error(400, f"the body must be a JSON object, not {type(body).__name__}")
     return None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from doodle_lib.drawing import MAX_POINTS, MAX_STROKES
 
@@ -28,7 +28,7 @@ class PredictRequest(Strict):
 
     strokes: Strokes | None = None
     image: Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)] | None = None
-    k: Annotated[int, Field(ge=1, le=100)] | None = None
+    k: Annotated[StrictInt, Field(ge=1, le=100)] | None = None  # true, "2" and 2.0 are not integers
 
     @model_validator(mode="after")
     def one_drawing(self):

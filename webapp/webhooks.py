@@ -39,7 +39,7 @@ def mlflow_event():
         ours = (event.get("entity"), data.get("name"), data.get("alias")) == (
             "model_version_alias", settings.model_name, settings.production_alias
         )
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return {"error": "the payload is not an MLflow webhook event"}, 400
     if ours:
         current_app.extensions["model_holder"].notify()

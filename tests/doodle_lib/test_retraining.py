@@ -93,6 +93,9 @@ def test_snapshot_takes_ready_proposals_and_ingest_holds_back_a_share_of_each(lo
     assert (old.y == "hot air balloon").sum() == 8
     judges = retraining.proposal_drawings(local, {"hot air balloon"}, judge=True)
     assert len(judges) == 2
+    # Training from scratch (`doodle train`) keeps an accepted category, without its judges, and no other.
+    assert (retraining.scratch_training_data(local, {"hot air balloon"}).y == "hot air balloon").sum() == 8
+    assert "hot air balloon" not in retraining.scratch_training_data(local, set()).y
 
 
 def test_held_back_is_a_fixed_share_chosen_by_content_not_by_order():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 
 import pytest
 from PIL import Image
@@ -18,10 +20,23 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def image_bytes(fmt: str) -> bytes:
+def image_bytes(fmt: str, side: int = 40) -> bytes:
     buffer = io.BytesIO()
-    Image.new("L", (40, 40), 255).save(buffer, format=fmt)
+    Image.new("L", (side, side), 255).save(buffer, format=fmt, **({"compress_level": 0} if fmt == "PNG" else {}))
     return buffer.getvalue()
+
+
+def broken_second_chunk() -> bytes:
+    """A PNG whose second IDAT chunk has a garbage type: Pillow opens it, then raises SyntaxError while decoding."""
+    data = image_bytes("PNG", side=400)  # uncompressed: 160 kB, so several IDAT chunks
+    second = data.index(b"IDAT", data.index(b"IDAT") + 4)
+    return data[:second] + b"\xcd\xb4\xd3A" + data[second + 4:]
+
+
+def truncated_header() -> bytes:
+    """A PNG whose IHDR chunk is 5 bytes long instead of 13 (Pillow: ValueError)."""
+    chunk = b"IHDR" + bytes(5)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 5) + chunk + struct.pack(">I", zlib.crc32(chunk))
 
 
 FEEDBACK = {"strokes": STROKES, "label": "cat", "predicted_label": "fish", "model_version": "1"}
@@ -34,6 +49,7 @@ CASES = [
     ("/api/predict", {"strokes": [[[1], ["2.5"]]]}, 422, "strokes.0.1.0"),
     ("/api/predict", {"strokes": STROKES, "k": "three"}, 422, "k"),
     ("/api/predict", {"strokes": STROKES, "k": 0}, 422, "k"),
+    *[("/api/predict", {"strokes": STROKES, "k": k}, 422, "k") for k in (True, "2", 2.0)],
     ("/api/predict", {}, 422, "exactly one of 'strokes' or 'image'"),
     ("/api/predict", {"strokes": STROKES, "image": b64(image_bytes("PNG"))}, 422, "exactly one"),
     ("/api/predict", {"strokes": STROKES, "extra": 1}, 422, "extra"),
@@ -45,6 +61,8 @@ CASES = [
     ("/api/predict", ('{"strokes": [[[1, Infinity], [1, 2]]]}', "application/json"), 422, "finite number"),
     ("/api/predict", ('{"strokes": [[[1, 2], [1, 2]]', "application/json"), 400, "not valid JSON"),
     ("/api/predict", ("[1, 2]", "application/json"), 400, "JSON object"),
+    ("/api/predict", ('{"strokes": ' + "[" * 50_000 + "]" * 50_000 + "}", "application/json"), 400, "nested too deeply"),
+    ("/api/feedback", ("[" * 50_000 + "]" * 50_000, "application/json"), 400, "nested too deeply"),
     ("/api/predict", ('"text"', "application/json"), 400, "JSON object"),
     ("/api/predict", (json.dumps({"strokes": STROKES}), "text/plain"), 415, "application/json"),
     ("/api/predict", (json.dumps({"strokes": STROKES}), None), 415, "application/json"),
@@ -54,6 +72,8 @@ CASES = [
     ("/api/predict", {"image": "not base64!"}, 400, "base64"),
     ("/api/predict", {"image": b64(b"\x89PNG\r\n\x1a\n broken")}, 400, "not a readable PNG or JPEG"),
     ("/api/predict", {"image": b64(image_bytes("PNG")[:40])}, 400, "not a readable PNG or JPEG"),
+    ("/api/predict", {"image": b64(broken_second_chunk())}, 400, "not a readable PNG or JPEG image (SyntaxError)"),
+    ("/api/predict", {"image": b64(truncated_header())}, 400, "not a readable PNG or JPEG image (ValueError)"),
     ("/api/predict", {"image": b64(image_bytes("GIF"))}, 400, "unsupported image format"),
     ("/api/predict", {"image": b64(image_bytes("PNG"))}, 400, "blank"),
     ("/api/predict", {"image": "data:image/png;base64," + b64(b"../../etc/passwd")}, 400, "not a readable"),
@@ -171,3 +191,27 @@ def test_schemathesis_negative_cases(app, settings):
 def written(settings) -> list:
     """Files under the data folder: a refused request must leave none (feedback, proposals or anywhere else)."""
     return [path for path in settings.data_dir.rglob("*") if path.is_file()] if settings.data_dir.exists() else []
+
+
+def test_webhook_refuses_unsigned_stale_and_malformed_deliveries(app, settings, monkeypatch):
+    """The receiver checks the signature and its time before reading the payload, and names what is wrong."""
+    import hashlib
+    import hmac
+    import time
+
+    monkeypatch.setattr(settings, "webhook_secret", "s3cret")
+
+    def post(payload: bytes, secret: str = "s3cret", age: float = 0):
+        stamp = str(int(time.time() - age))
+        digest = hmac.new(secret.encode(), f"d1.{stamp}.".encode() + payload, hashlib.sha256).digest()
+        headers = {"X-MLflow-Delivery-Id": "d1", "X-MLflow-Timestamp": stamp,
+                   "X-MLflow-Signature": "v1," + b64(digest)}
+        return app.test_client().post("/webhooks/mlflow", data=payload, headers=headers, content_type="application/json")
+
+    event = json.dumps({"entity": "model_version_alias", "data": {"name": "other-model", "alias": "production"}})
+    assert post(event.encode()).json == {"accepted": False}  # signed, but about another model
+    assert post(event.encode(), secret="guess").status_code == 401
+    assert post(event.encode(), age=3600).status_code == 401  # a replay of an old delivery
+    for payload in (b"not json", b"[1, 2]", b"[" * 50_000 + b"]" * 50_000):
+        answer = post(payload)
+        assert answer.status_code == 400 and "not an MLflow webhook event" in answer.json["error"]

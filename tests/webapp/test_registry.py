@@ -13,8 +13,8 @@ from tests.webapp.serving import app_env, get_json, gunicorn_app, log_models, re
 from tests.webapp.test_gunicorn import STROKES
 
 pytestmark = pytest.mark.slow
-# The issue asks for a minute; CI may use less. The server really stops and restarts either way.
-OUTAGE_SECONDS = float(os.environ.get("DOODLE_TEST_OUTAGE_SECONDS", "15"))
+# The registry stays down a minute under load, as the issue asks; DOODLE_TEST_OUTAGE_SECONDS shortens it while working.
+OUTAGE_SECONDS = float(os.environ.get("DOODLE_TEST_OUTAGE_SECONDS", "60"))
 SECRET = "test-webhook-secret"
 
 
