@@ -69,7 +69,7 @@ def predict(body: PredictRequest):
     except DrawingError as problem:
         return error(400, str(problem))
     if served is None:
-        return error(503, "no model is in production yet: train and promote one; feedback is still accepted")
+        return error(503, f"{holder().why_no_model()}; feedback is still accepted")
     probabilities = served.predict(bitmap)
     k = min(body.k or current_app.config["SETTINGS"].top_k, len(probabilities))
     top = np.argsort(probabilities)[::-1][:k]

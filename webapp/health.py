@@ -22,4 +22,4 @@ def readyz():
         "version": served.version if served else None,
         "registry_reachable": holder.registry_reachable,
     }
-    return body, 200 if served or holder.checked else 503
+    return body, 200 if holder.ready() else 503

@@ -56,6 +56,8 @@ class ModelHolder:
         self.served: Served | None = None  # swapped by one assignment: readers never see half a model
         self.registry_reachable = False
         self.checked = False  # the registry has answered at least once (with a version or with none)
+        self.in_production: str | None = None  # the version the alias named when the registry last answered
+        self.failed_version: str | None = None  # that version, while loading it fails (retried at every check)
         self.last_error = ""
         self.versions_seen: set[str] = set()
         self.on_reload = lambda result, served: None  # metrics hooks
@@ -81,10 +83,22 @@ class ModelHolder:
         return self.settings.webapp_state_dir / SIGNAL_FILE
 
     def status(self) -> str:
-        """ok, degraded (registry unreachable), or no_model."""
-        if not self.registry_reachable:
+        """ok; degraded (registry unreachable, or the production version failed to load); or no_model."""
+        if not self.registry_reachable or self.failed_version:
             return "degraded"
         return "ok" if self.served else "no_model"
+
+    def ready(self) -> bool:
+        """Serving a model, or the registry said there is none in production yet."""
+        return self.served is not None or (self.checked and self.in_production is None)
+
+    def why_no_model(self) -> str:
+        """Why nothing is served, in words for the person asking for a prediction."""
+        if not self.registry_reachable:
+            return f"no model is loaded and the model registry does not answer ({self.last_error or 'starting'})"
+        if self.failed_version:
+            return f"the production model could not be loaded ({self.last_error})"
+        return "no model is in production yet: train and promote one"
 
     def known_categories(self) -> list[str]:
         """Labels feedback may carry: the served model's, or the base data's while none is served."""
@@ -99,18 +113,21 @@ class ModelHolder:
             self._unreachable(error)
             self.on_check(False)
             return
-        self.registry_reachable, self.checked, self.last_error = True, True, ""
+        self.in_production = None if version is None else str(version.version)
+        self.registry_reachable, self.checked = True, True
         self.on_check(True)
         current = self.served
-        if version is None or (current and current.version == str(version.version)):
+        if self.in_production is None or (current and current.version == self.in_production):
+            self.failed_version, self.last_error = None, ""
             return
         try:
-            served = self._load(str(version.version))
+            served = self._load(self.in_production)
         except Exception as error:  # noqa: BLE001
             log.warning("loading version %s failed, still serving %s: %s", version.version, current and current.version, error)
-            self.last_error = f"loading version {version.version} failed: {error}"
+            self.failed_version, self.last_error = self.in_production, f"loading version {version.version} failed: {error}"
             self.on_reload("failure", current)
             return
+        self.failed_version, self.last_error = None, ""
         self.versions_seen.add(served.version)
         self.served = served
         log.info("now serving version %s (was %s)", version.version, current and current.version)
@@ -161,4 +178,7 @@ class ModelHolder:
                 if self._wake.wait(SIGNAL_CHECK_SECONDS) or self._signalled():
                     break
             self._wake.clear()
-            self.check()
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - e.g. a metrics file on a full disk: keep watching, say why
+                log.exception("checking the registry failed; trying again at the next check")

@@ -16,4 +16,5 @@ def index():
         version=served.version if served else None,
         categories=holder.known_categories(),
         status=holder.status(),
+        why_no_model=None if served else holder.why_no_model(),
     )

@@ -117,3 +117,58 @@ def test_none_of_these_proposes_a_typed_category(browser, webapp_url, settings, 
     assert feedback.complete(settings.feedback_dir) == []
     page.locator('#proposal-names option[value="dogs"]').wait_for(state="attached", timeout=10_000)  # suggested now
     page.close()
+
+
+def draw_with_mouse(page, strokes) -> None:
+    for stroke in canvas_points(page, strokes):
+        page.mouse.move(*stroke[0])
+        page.mouse.down()
+        for point in stroke[1:]:
+            page.mouse.move(*point, steps=2)
+        page.mouse.up()
+
+
+def test_a_late_answer_is_dropped_and_a_lost_save_says_so(browser, webapp_url, settings, versions):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    held = []
+    page.route("**/api/predict", lambda route: held.append(route))  # answers wait here until released
+    draw_with_mouse(page, DRAWING[2][:1])
+    while not held:
+        page.wait_for_timeout(20)
+    page.click("#clear")
+    with page.expect_response("**/api/predict"):
+        for route in held:
+            route.continue_()
+    page.wait_for_timeout(300)  # the page has the answer now; it must not show it on the empty canvas
+    assert page.locator("#predictions li").count() == 0 and page.locator("#right").is_disabled()
+    page.unroute("**/api/predict")
+
+    draw_with_mouse(page, DRAWING[2])
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    page.route("**/api/feedback", lambda route: route.abort("connectionrefused"))
+    page.click("#right")
+    page.locator("#message.error").wait_for(timeout=10_000)
+    assert "not saved" in page.locator("#message").inner_text()
+    assert stored(settings) == [] and page.locator("#predictions li").count() == 3  # the drawing is still there
+    page.close()
+
+
+def test_a_second_finger_does_not_draw(browser, webapp_url, settings, versions):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(webapp_url)
+    cdp = context.new_cdp_session(page)
+    [first], [second] = canvas_points(page, DRAWING[2][:1]), canvas_points(page, DRAWING[2][1:2])
+    steps = min(len(first), len(second))
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": first[0][0], "y": first[0][1], "id": 1}]})
+    for (x1, y1), (x2, y2) in zip(first[1:steps], second[1:steps]):
+        points = [{"x": x1, "y": y1, "id": 1}, {"x": x2, "y": y2, "id": 2}]
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": points})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    page.locator("#right").click()
+    page.locator("#message.ok").wait_for(timeout=10_000)
+    [record] = stored(settings)
+    assert len(record["strokes"]) == 1 and len(record["strokes"][0][0]) == steps  # the first finger's points only
+    context.close()

@@ -12,6 +12,7 @@ from PIL import Image
 from doodle_lib import feedback
 from doodle_lib.drawing import strokes_to_bitmap
 from tests.conftest import CATEGORIES, fixture_drawings
+from tests.webapp.serving import register
 
 DRAWINGS = fixture_drawings()
 
@@ -93,6 +94,41 @@ def test_without_production_model(bare_app, settings):
     saved = client.post("/api/feedback", json={"strokes": strokes, "label": "apple"})
     assert saved.status_code == 201 and feedback.count(settings.feedback_dir) == 1
 
+
+
+def test_production_version_that_cannot_be_loaded(settings, logged_models):
+    """The alias names a version with no checkpoint: not ready, degraded, predict says why, feedback still taken."""
+    import mlflow
+
+    from doodle_lib import tracking
+    from webapp import create_app
+
+    with tracking.training_run(settings, "not-a-doodle-model") as run_id:
+        mlflow.log_text("not a model", "notes/readme.txt")
+        source = mlflow.get_artifact_uri("notes")
+    registry = tracking.client(settings)
+    registry.create_registered_model(settings.model_name)
+    broken = registry.create_model_version(settings.model_name, source, run_id=run_id)
+    tracking.set_production(settings, broken.version)
+    app = create_app({"SETTINGS": settings, "TESTING": True})
+    try:
+        client = app.test_client()
+        model = client.get("/api/model").json
+        assert model["status"] == "degraded" and model["version"] is None and model["registry_reachable"]
+        assert f"loading version {broken.version} failed" in model["last_error"]
+        assert client.get("/readyz").status_code == 503
+        answer = client.post("/api/predict", json={"strokes": DRAWINGS[0][2]})
+        assert answer.status_code == 503 and "could not be loaded" in answer.json["error"]
+        assert "No model is loaded:" in client.get("/").data.decode()
+        saved = client.post("/api/feedback", json={"strokes": DRAWINGS[0][2], "label": "apple"})
+        assert saved.status_code == 201
+        # A good version in production heals it at the next check.
+        [good] = register(settings, logged_models[:1])
+        app.extensions["model_holder"].check()
+        assert client.get("/api/model").json["status"] == "ok" and client.get("/readyz").status_code == 200
+        assert client.get("/api/model").json["version"] == good
+    finally:
+        app.extensions["model_holder"].stop()
 
 def test_metrics_count_predictions_and_feedback(client, versions):
     _, _, strokes = DRAWINGS[3]

@@ -12,6 +12,7 @@ const newLabel = document.getElementById("new-label");
 const DEBOUNCE_MS = 120;
 let strokes = [];
 let current = null;
+let pointer = null; // the pointer drawing the current stroke: a second finger meanwhile is ignored
 let last = null; // the latest prediction: {model_version, predictions}
 let timer = null;
 let sequence = 0; // answers to older requests are dropped
@@ -46,6 +47,8 @@ function point(event) {
 
 canvas.addEventListener("pointerdown", (event) => {
   event.preventDefault();
+  if (current) return;
+  pointer = event.pointerId;
   canvas.setPointerCapture(event.pointerId);
   const [x, y, t] = point(event);
   current = [[x], [y], [t]];
@@ -53,7 +56,7 @@ canvas.addEventListener("pointerdown", (event) => {
   redraw();
 });
 canvas.addEventListener("pointermove", (event) => {
-  if (!current) return;
+  if (!current || event.pointerId !== pointer) return;
   for (const e of event.getCoalescedEvents ? event.getCoalescedEvents() : [event]) {
     const [x, y, t] = point(e.clientX === undefined ? event : e);
     current[0].push(x); current[1].push(y); current[2].push(t);
@@ -62,7 +65,9 @@ canvas.addEventListener("pointermove", (event) => {
   schedule();
 });
 for (const name of ["pointerup", "pointercancel"]) {
-  canvas.addEventListener(name, () => { if (current) { current = null; schedule(); } });
+  canvas.addEventListener(name, (event) => {
+    if (current && event.pointerId === pointer) { current = null; schedule(); }
+  });
 }
 
 document.getElementById("undo").addEventListener("click", () => { strokes.pop(); changed(); });
@@ -70,7 +75,8 @@ document.getElementById("clear").addEventListener("click", () => { strokes = [];
 
 function changed() {
   redraw();
-  if (strokes.length) schedule(); else show(null);
+  sequence++; // an answer still on its way is about the drawing as it was
+  if (strokes.length) schedule(); else { clearTimeout(timer); show(null); }
 }
 
 function schedule() {
@@ -120,10 +126,16 @@ function show(answer) {
 
 async function save(path, body, thanks) {
   if (last) { body.predicted_label = last.predictions[0].label; body.model_version = last.model_version; }
-  const response = await fetch(path, {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
-  });
-  const answer = await response.json();
+  let response, answer;
+  try {
+    response = await fetch(path, {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+    });
+    answer = await response.json();
+  } catch (error) {
+    say("not saved: the server did not answer (" + error + ")", "error");
+    return;
+  }
   if (!response.ok) { say(answer.error || response.statusText, "error"); return; }
   say(thanks(answer), "ok");
   message.dataset.id = answer.id;
