@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Where torch comes from: pip's own sources unless set. PyPI's Linux wheel of torch is the CUDA build (several GB of
+# CUDA packages); `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU build instead.
+TORCH_INDEX ?=
 
 .PHONY: install up down status lock test test-fast clean-venv
 
@@ -14,7 +17,7 @@ $(STAMP): requirements/lock.txt pyproject.toml setup.py doodle_lib/_simplify.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing locked dependencies into $(VENV) (first time: a few minutes)"
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q torch==2.13.0
+	@$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	@$(BIN)/pip install -q -r requirements/lock.txt
 	@$(BIN)/pip install -q --no-deps -e .
 	@touch $(STAMP)
@@ -23,10 +26,10 @@ up: install ## run the whole platform on this machine (Ctrl-C stops it)
 	$(BIN)/doodle stack up
 
 down: ## stop a platform started by `make up`
-	@test -x $(BIN)/doodle && $(BIN)/doodle stack down || echo "not installed: nothing runs"
+	@if test -x $(BIN)/doodle; then $(BIN)/doodle stack down; else echo "not installed: nothing runs"; fi
 
 status: ## is the platform running, and is each service healthy
-	@test -x $(BIN)/doodle && $(BIN)/doodle stack status || echo "not installed: nothing runs"
+	@if test -x $(BIN)/doodle; then $(BIN)/doodle stack status; else echo "not installed: nothing runs"; fi
 
 lock: ## re-resolve requirements/*.in into requirements/lock.txt
 	bash scripts/lock.sh

@@ -16,6 +16,7 @@ import os
 import platform as host
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -253,6 +254,8 @@ def main() -> None:
     parser.add_argument("--only-webapp", action="store_true", help="skip (b) and (c)")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install -y wrk")
     load_before = ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder, ExitStack() as stack:

@@ -55,7 +55,7 @@ def download(categories: str, max_per_category: int | None, base_url: str | None
               help="Only write base.npz and evaluation.npz here (the DVC pipeline); no dataset version.")
 @click.option("--force", is_flag=True, help="Rebuild the base data and the evaluation set even if they exist.")
 def prepare(source, categories, max_per_category, eval_per_category, output_dir, force) -> None:
-    """Build the training data and the fixed evaluation set, and version them with DVC."""
+    """Build the training data (versioned with DVC) and the fixed evaluation set beside it."""
     from doodle_lib import baseline, dataset
 
     settings = get_settings()
@@ -129,12 +129,15 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Evaluate this model file instead of a registered version.")
 @click.option("--evaluation", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The evaluation set (default: the fixed one in the data dir).")
-@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures as JSON.")
+              help="With --checkpoint: the evaluation set (default: the fixed one in the data dir).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --checkpoint: also write the figures as JSON (the DVC pipeline's metrics).")
 def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
     """Evaluate a registered version (or a checkpoint file) on the fixed evaluation set."""
     from doodle_lib import baseline
 
+    if not checkpoint and (evaluation or metrics_file):
+        raise click.UsageError("--evaluation and --metrics-file go with --checkpoint")
     settings = get_settings()
     try:
         if checkpoint:
@@ -147,6 +150,28 @@ def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
     click.echo(f"version {version}: accuracy {result.accuracy:.2%} on {result.count} drawings")
     for name, accuracy in result.per_class.items():
         click.echo(f"  {name:<20} {accuracy:.2%}")
+
+
+@main.command()
+@click.option("--url", help="The web app's /webhooks/mlflow as the MLflow server reaches it "
+                            "(default: http://DOODLE_WEBAPP_BIND/webhooks/mlflow).")
+def webhook(url: str | None) -> None:
+    """Register (or update) the registry webhook that makes the web app switch at once when production moves."""
+    from mlflow.exceptions import MlflowException
+
+    from doodle_lib import tracking
+
+    settings = get_settings()
+    if not settings.webhook_secret:
+        raise click.ClickException("set DOODLE_WEBHOOK_SECRET (the web app takes only deliveries signed with it)")
+    try:
+        hook = tracking.ensure_webhook(settings, url or f"http://{settings.webapp_bind}/webhooks/mlflow")
+    except MlflowException as error:
+        raise click.ClickException(
+            f"the registry refused the webhook: {error.message} (for a web app on plain HTTP or a private address, "
+            "the MLflow server needs MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true)"
+        ) from None
+    click.echo(f"webhook {hook.name}: {', '.join(str(e) for e in hook.events)} -> {hook.url}")
 
 
 @main.group()

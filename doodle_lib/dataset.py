@@ -84,14 +84,9 @@ def build_base(
 
 
 def read_split(path: Path) -> Split:
-    """Read a Split written by write_split (or build_base)."""
+    """Read a Split written by build_base or ingest (x and y arrays in an .npz)."""
     with np.load(path, allow_pickle=False) as data:
         return Split(data["x"], data["y"])
-
-
-def write_split(path: Path, split: Split) -> None:
-    """Atomically write a Split as a compressed .npz."""
-    atomic.write_npz(path, x=split.x, y=split.y)
 
 
 def load_training_data(dataset_dir: Path) -> Split:

@@ -1,6 +1,7 @@
 """The embedded stack: initialise what is missing, then run every service under honcho (make up)."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -170,13 +171,30 @@ def run_mlflow_server(args: list[str]) -> None:
 
 
 def persistent_secret(path: Path) -> str:
-    """A random secret made once and kept in `path` (mode 600), so restarts keep sessions valid."""
+    """A random secret made once and kept in `path` (mode 600), so restarts keep sessions valid: 32 bytes in
+    URL-safe base64, which is also the form of a Fernet key."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
+            handle.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
     return path.read_text().strip()
+
+
+def webhook_environment(settings: Settings) -> dict[str, str]:
+    """What MLflow's server needs to call the web app's webhook receiver, when it is on (DOODLE_WEBHOOK_SECRET)."""
+    if not settings.webhook_secret:
+        return {}
+    return {
+        # The web app listens on plain HTTP on loopback, which MLflow refuses by default (only https, no private IPs).
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        # The server caches its webhook list (a minute by default): a webhook registered at start acts at once.
+        "MLFLOW_WEBHOOK_CACHE_TTL": "5",
+        # MLflow encrypts stored webhook secrets with this key; without one it makes a new key each start and can no
+        # longer read the secret it stored before.
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": persistent_secret(settings.storage_dir / "mlflow" / "webhook-key"),
+    }
 
 
 def environment(settings: Settings) -> dict[str, str]:
@@ -206,6 +224,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "STACK_PROMETHEUS_CONFIG": str(settings.storage_dir / "prometheus" / "prometheus.yml"),
         "STACK_PROMETHEUS_DATA": str(settings.storage_dir / "prometheus" / "data"),
         **airflow_environment(settings),
+        **webhook_environment(settings),
     }
 
 
@@ -359,6 +378,8 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     signal.signal(signal.SIGTERM, forward)
     try:
         wait_until_ready(settings, honcho, ready_timeout)
+        if honcho.poll() is None and settings.webhook_secret:
+            run_step("registering the registry webhook", [str(VENV_BIN / "doodle"), "webhook"], environment(settings), echo)
         if honcho.poll() is None:
             ensure_first_model(settings, echo)
         if honcho.poll() is None:

@@ -15,6 +15,7 @@ from doodle_lib.settings import Settings
 if TYPE_CHECKING:  # mlflow is imported inside functions: DAG files must parse without it
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+    from mlflow.entities.webhook import Webhook
 
     from doodle_lib.dataset import Split
     from doodle_lib.model import DoodleCNN
@@ -171,6 +172,27 @@ def set_production(settings: Settings, version: str | int) -> None:
         tracking.transition_model_version_stage(
             settings.model_name, str(version), "Production", archive_existing_versions=True
         )
+
+
+WEBHOOK_EVENTS = ["model_version_alias.created"]  # MLflow sends it whenever an alias is set, moved or not
+
+
+def ensure_webhook(settings: Settings, url: str) -> "Webhook":
+    """Register the web app's registry webhook at `url` with the configured secret, or update the one registered
+    before (found by name, one per model name), so running this at every start never adds a second."""
+    registry = registry_client(settings)
+    name = f"{settings.model_name}-webapp"
+    hooks, token = [], None
+    while True:
+        page = registry.list_webhooks(page_token=token)
+        hooks += [hook for hook in page if hook.name == name]
+        token = page.token
+        if not token:
+            break
+    fields = {"url": url, "events": WEBHOOK_EVENTS, "secret": settings.webhook_secret}
+    if hooks:
+        return registry.update_webhook(hooks[0].webhook_id, status="ACTIVE", **fields)
+    return registry.create_webhook(name=name, description="the doodle web app switches models at once", **fields)
 
 
 def registry_client(settings: Settings) -> "MlflowClient":

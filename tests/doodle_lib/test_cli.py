@@ -50,6 +50,10 @@ def test_errors_are_messages_not_tracebacks(settings):
     assert "Traceback" not in untrained.stderr
     nothing = doodle("evaluate", env=env)
     assert nothing.returncode != 0 and "Traceback" not in nothing.stderr
+    unsigned = doodle("webhook", env={**env, "DOODLE_WEBHOOK_SECRET": ""})
+    assert unsigned.returncode != 0 and "set DOODLE_WEBHOOK_SECRET" in unsigned.stderr
+    stray = doodle("evaluate", "--metrics-file", "m.json", env=env)  # it goes with --checkpoint
+    assert stray.returncode == 2 and "--metrics-file go with --checkpoint" in stray.stderr
     missing = doodle("data", "checkout", "--model-version", "42", env=env)
     assert missing.returncode != 0 and "no version 42" in missing.stderr
     bad = doodle("data", "download", "--categories", "../etc", "--base-url", "http://127.0.0.1:9", env=env)

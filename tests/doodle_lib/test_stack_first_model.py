@@ -29,3 +29,16 @@ def test_has_production_model_names_an_unreachable_registry(settings):
     nowhere = settings.model_copy(update={"host": "127.0.0.1", "mlflow_port": free_port()})
     with pytest.raises(stack.StackError, match="could not reach the model registry"):
         stack.has_production_model(nowhere)
+
+
+def test_mlflow_may_call_the_webhook_only_with_a_secret_and_keeps_its_key(settings, tmp_path):
+    from cryptography.fernet import Fernet
+
+    local = settings.model_copy(update={"storage_dir": tmp_path})
+    assert "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY" not in stack.environment(local)
+    on = local.model_copy(update={"webhook_secret": "s3cret"})
+    env = stack.environment(on)
+    assert env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] == "http,https" and env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true"
+    key = env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]
+    assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"  # a valid Fernet key
+    assert stack.environment(on)["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] == key  # the same at every start

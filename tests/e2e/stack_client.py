@@ -94,6 +94,7 @@ class Platform:
             "DOODLE_MLFLOW_PORT": str(ports["mlflow"]),
             "DOODLE_PROMETHEUS_PORT": str(ports["prometheus"]),
             "DOODLE_FEEDBACK_THRESHOLD": str(threshold),
+            "DOODLE_WEBHOOK_SECRET": "flywheel-webhook-secret",  # the registry tells the web app at once
         }
         self.stack = Stack(
             webapp=f"http://127.0.0.1:{ports['webapp']}",

@@ -62,6 +62,10 @@ def test_corrections_become_a_served_model_and_bad_ones_do_not(platform):
             "promote", "cleanup"} <= states.keys()
     assert registry.get_model_version_by_alias("doodle-classifier", "production").version == new_version
     assert registry.get_model_version("doodle-classifier", new_version).tags["airflow_run_id"] == first[0]["dag_run_id"]
+    # `make up` registered the web app's webhook, and MLflow delivered the promotion to it, signed (the receiver
+    # touches this signal file only for a valid event about our model's production alias).
+    assert [hook.name for hook in registry.list_webhooks()] == ["doodle-classifier-webapp"]
+    assert (platform.root / "storage" / "webapp" / "registry-changed").is_file()
     [shown] = [run for run in call(f"{stack.webapp}/api/pipeline")["runs"] if run["run_id"] == first[0]["dag_run_id"]]
     assert shown["state"] == "success" and {stage["state"] for stage in shown["stages"]} == {"success"}
     assert shown["result"]["version"] == new_version and shown["result"]["promoted"] is True

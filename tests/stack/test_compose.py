@@ -217,6 +217,20 @@ def test_mlflow_gets_its_backend_store(services):
     assert "mlflow:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(","), "other containers reach MLflow as mlflow:5000"
 
 
+def test_mlflow_may_call_the_web_app_that_bootstrap_registers(services, tmp_path):
+    """The webhook path as the embedded stack sets it up (doodle_lib/stack.py), with compose's names and a key from .env."""
+    from doodle_lib import stack
+
+    env = environment(services["mlflow"])
+    embedded = stack.webhook_environment(Settings(webhook_secret="s", storage_dir=tmp_path))
+    assert {k: env[k] for k in embedded if k != "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"} == {
+        k: v for k, v in embedded.items() if k != "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"}
+    assert env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] == filled_env()["MLFLOW_WEBHOOK_ENCRYPTION_KEY"]
+    registered = re.search(r"doodle webhook --url (\S+)", (PROJECT_ROOT / "docker" / "bootstrap.sh").read_text())[1]
+    host, port = re.match(r"http://([\w-]+):(\d+)/webhooks/mlflow$", registered).groups()
+    assert host == "webapp" and environment(services["webapp"])["DOODLE_WEBAPP_BIND"].endswith(f":{port}")
+
+
 def test_airflow_commands_are_real_cli_commands(services):
     """The compose commands parse with Airflow's own CLI, the same entry points as the embedded stack."""
     from airflow.cli.cli_parser import get_parser

@@ -83,6 +83,20 @@ def test_webapp_requirements_are_all_locked():
     assert names and not unlocked, f"not in requirements/lock.txt: {unlocked}"
 
 
+def requirement_lines(path: Path) -> list[str]:
+    """The requirements of a .in file, comments dropped."""
+    return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+
+
+def test_project_metadata_lists_base_in_and_every_direct_dependency_is_locked():
+    requirements = PROJECT_ROOT / "requirements"
+    base = requirement_lines(requirements / "base.in")
+    assert tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"] == base
+    names = [re.split(r"[=<>\[ ]", line)[0] for line in base + requirement_lines(requirements / "dev.in")]
+    unlocked = [n for n in names if re.sub(r"[-_.]+", "-", n).lower() not in LOCKED]
+    assert not unlocked, f"not in requirements/lock.txt: {unlocked}"
+
+
 @pytest.mark.parametrize("name", ["airflow", "webapp"])
 def test_images_that_render_have_cairo(name):
     assert "libcairo2" in " ".join(Dockerfile.read(DOCKER / f"{name}.Dockerfile").all("RUN"))

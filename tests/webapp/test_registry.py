@@ -62,10 +62,11 @@ def test_webhook_switches_at_once(own, tmp_path):
     settings, versions = own
     # Polling every minute: only the webhook can make the switch fast.
     with gunicorn_app(app_env(settings, poll_seconds=60, secret=SECRET), tmp_path) as url:
-        hook = tracking.client(settings).create_webhook(
-            name=f"webapp-{tmp_path.name}", url=f"{url}/webhooks/mlflow",
-            events=["model_version_alias.created"], secret=SECRET,
-        )
+        mine = settings.model_copy(update={"webhook_secret": SECRET})
+        tracking.ensure_webhook(mine, "http://127.0.0.1:9/an-earlier-address")
+        hook = tracking.ensure_webhook(mine, f"{url}/webhooks/mlflow")  # updates that one: never a second
+        same_name = [h for h in tracking.client(settings).list_webhooks() if h.name == hook.name]
+        assert [(h.webhook_id, h.url) for h in same_name] == [(hook.webhook_id, f"{url}/webhooks/mlflow")]
         try:
             time.sleep(1.5)  # the server caches its webhook list for a second
             with Load(url, "/api/predict", {"strokes": STROKES}, threads=2) as load:
