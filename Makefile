@@ -32,7 +32,7 @@ status: ## is the platform running, and is each service healthy
 	@if test -x $(BIN)/doodle; then $(BIN)/doodle stack status; else echo "not installed: nothing runs"; fi
 
 lock: ## re-resolve requirements/*.in into requirements/lock.txt
-	bash scripts/lock.sh
+	TORCH_INDEX=$(TORCH_INDEX) bash scripts/lock.sh
 
 test: install ## every test: unit, integration (real MLflow, Airflow, gunicorn), browser
 	$(BIN)/python -m pytest

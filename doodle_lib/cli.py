@@ -164,6 +164,9 @@ def webhook(url: str | None) -> None:
     settings = get_settings()
     if not settings.webhook_secret:
         raise click.ClickException("set DOODLE_WEBHOOK_SECRET (the web app takes only deliveries signed with it)")
+    if not settings.mlflow_uri.startswith(("http://", "https://")):
+        raise click.ClickException("only an MLflow server delivers webhooks: set MLFLOW_TRACKING_URI to it (`make up` "
+                                   "registers the webhook itself when DOODLE_WEBHOOK_SECRET is set)")
     try:
         hook = tracking.ensure_webhook(settings, url or f"http://{settings.webapp_bind}/webhooks/mlflow")
     except MlflowException as error:

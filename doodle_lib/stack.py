@@ -182,18 +182,19 @@ def persistent_secret(path: Path) -> str:
 
 
 def webhook_environment(settings: Settings) -> dict[str, str]:
-    """What MLflow's server needs to call the web app's webhook receiver, when it is on (DOODLE_WEBHOOK_SECRET)."""
+    """What MLflow's server needs to call the web app's webhook receiver (DOODLE_WEBHOOK_SECRET turns it on)."""
+    # MLflow encrypts stored webhook secrets with this key; without one it makes a new key each start and can no longer
+    # read a webhook stored before, even one from a start with a secret. So the key is there with or without one.
+    key = {"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": persistent_secret(settings.storage_dir / "mlflow" / "webhook-key")}
     if not settings.webhook_secret:
-        return {}
+        return key
     return {
+        **key,
         # The web app listens on plain HTTP on loopback, which MLflow refuses by default (only https, no private IPs).
         "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
         "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
         # The server caches its webhook list (a minute by default): a webhook registered at start acts at once.
         "MLFLOW_WEBHOOK_CACHE_TTL": "5",
-        # MLflow encrypts stored webhook secrets with this key; without one it makes a new key each start and can no
-        # longer read the secret it stored before.
-        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": persistent_secret(settings.storage_dir / "mlflow" / "webhook-key"),
     }
 
 
@@ -362,7 +363,9 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     check_ports(settings)
     initialise(settings, echo)
     env_file = settings.storage_dir / "stack.env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in environment(settings).items()))
+    env_file.unlink(missing_ok=True)  # made anew, readable by the owner only: it holds the stack's secrets
+    with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write("".join(f"{key}={value}\n" for key, value in environment(settings).items()))
     names = [service.name for service in services(settings)]  # the Procfile's processes, each with a health check
     command = [str(VENV_BIN / "honcho"), "start", "--no-colour", "-f", str(PROCFILE), "-d", str(PROJECT_ROOT),
                "-e", str(env_file), *names]

@@ -6,8 +6,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3.11 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --upgrade pip
-# torch first and pinned: 2.13.0 is the CPU wheel; an unpinned resolve would pull CUDA builds.
-"$work/venv/bin/pip" install -q torch==2.13.0
+# torch first and pinned, so the resolve keeps it; TORCH_INDEX as in the Makefile (PyPI's Linux wheel is the CUDA build).
+"$work/venv/bin/pip" install -q torch==2.13.0 ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
 "$work/venv/bin/pip" install -q -r requirements/base.in -r requirements/dev.in
 "$work/venv/bin/pip" check
 {

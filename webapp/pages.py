@@ -16,5 +16,7 @@ def index():
         version=served.version if served else None,
         categories=holder.known_categories(),
         status=holder.status(),
+        registry_reachable=holder.registry_reachable,
+        failed_version=holder.failed_version,
         why_no_model=None if served else holder.why_no_model(),
     )

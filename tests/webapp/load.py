@@ -18,13 +18,12 @@ class Answer:
 
 @dataclass
 class Load:
-    """`threads` clients posting `body` to `path` until stopped (or `limit` requests each)."""
+    """`threads` clients posting `body` to `path` until stopped."""
 
     url: str
     path: str
     body: dict
     threads: int = 4
-    limit: int = 100_000
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self):
@@ -45,9 +44,7 @@ class Load:
         address = urlparse(self.url)
         payload = json.dumps(self.body)
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
-        for _ in range(self.limit):
-            if self._stop.is_set():
-                break
+        while not self._stop.is_set():
             try:
                 connection.request("POST", self.path, payload, {"Content-Type": "application/json"})
                 response = connection.getresponse()

@@ -127,6 +127,13 @@ def test_production_version_that_cannot_be_loaded(settings, logged_models):
         app.extensions["model_holder"].check()
         assert client.get("/api/model").json["status"] == "ok" and client.get("/readyz").status_code == 200
         assert client.get("/api/model").json["version"] == good
+        # Back to the broken one: the good one stays served, and the page says which version failed, not the registry.
+        tracking.set_production(settings, broken.version)
+        app.extensions["model_holder"].check()
+        model = client.get("/api/model").json
+        assert model["status"] == "degraded" and model["version"] == good and model["registry_reachable"]
+        page = client.get("/").data.decode()
+        assert f"version {broken.version} could not be loaded: still serving" in page and "unreachable" not in page
     finally:
         app.extensions["model_holder"].stop()
 

@@ -47,7 +47,7 @@ function point(event) {
 
 canvas.addEventListener("pointerdown", (event) => {
   event.preventDefault();
-  if (current) return;
+  if (current && event.pointerId !== pointer) return; // the same pointer again means its end was missed: start anew
   pointer = event.pointerId;
   canvas.setPointerCapture(event.pointerId);
   const [x, y, t] = point(event);
@@ -64,7 +64,7 @@ canvas.addEventListener("pointermove", (event) => {
   redraw();
   schedule();
 });
-for (const name of ["pointerup", "pointercancel"]) {
+for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) {
   canvas.addEventListener(name, (event) => {
     if (current && event.pointerId === pointer) { current = null; schedule(); }
   });
@@ -126,17 +126,18 @@ function show(answer) {
 
 async function save(path, body, thanks) {
   if (last) { body.predicted_label = last.predictions[0].label; body.model_version = last.model_version; }
-  let response, answer;
+  let response;
   try {
     response = await fetch(path, {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
     });
-    answer = await response.json();
   } catch (error) {
     say("not saved: the server did not answer (" + error + ")", "error");
     return;
   }
-  if (!response.ok) { say(answer.error || response.statusText, "error"); return; }
+  // A proxy in front may answer an error with an HTML page: say its status then.
+  const answer = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
+  if (!response.ok) { say("not saved: " + (answer.error || response.statusText), "error"); return; }
   say(thanks(answer), "ok");
   message.dataset.id = answer.id;
   strokes = [];
