@@ -130,17 +130,25 @@ def download_category(
         final = Path(dest_dir) / kind / f"{category}{KINDS[kind]}"
         if not _already_done(final, kind, max_per_category):
             final.parent.mkdir(parents=True, exist_ok=True)
+            _whole_marker(final).unlink(missing_ok=True)
             _download_file(category_url(base_url, kind, category), category, kind, final, max_per_category, progress)
+            if max_per_category is None:
+                _whole_marker(final).touch()
         paths.append(final)
     return paths
 
 
+def _whole_marker(final: Path) -> Path:
+    """The empty file beside one downloaded whole: a file cut to max_per_category reaches the same final name."""
+    return final.with_name(final.name + ".whole")
+
+
 def _already_done(final: Path, kind: str, limit: int | None) -> bool:
-    """Whether final satisfies the request, judged from the local file alone (no request)."""
+    """Whether final satisfies the request, judged from the local files alone (no request)."""
     if not final.exists():
         return False
     if limit is None:
-        return True  # only a checked, complete download ever reaches the final name
+        return _whole_marker(final).exists()
     if kind == "numpy_bitmap":
         try:
             with final.open("rb") as f:

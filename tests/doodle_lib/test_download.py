@@ -122,7 +122,8 @@ def dest(tmp_path: Path) -> Path:
 
 
 def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """Data files and leftovers (.part); not the empty markers beside files downloaded whole."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".whole") if folder.exists() else []
 
 
 def test_full_download_equals_the_source_byte_for_byte(server: FakeGoogle, dest: Path) -> None:
@@ -314,6 +315,15 @@ def test_a_rerun_skips_complete_files_without_a_request(
 
     assert again == first and [p.stat().st_mtime_ns for p in again] == stamps
     assert server.log == []
+
+
+def test_a_whole_download_after_a_cut_one_fetches_the_rest(server: FakeGoogle, dest: Path) -> None:
+    download_category("apple", dest, server.url, max_per_category=10, progress=False)
+
+    npy, ndjson = download_category("apple", dest, server.url, progress=False)
+
+    for path in (npy, ndjson):
+        assert path.read_bytes() == (server.root / path.parent.name / path.name).read_bytes()
 
 
 def test_a_larger_max_refetches_a_cut_file(server: FakeGoogle, dest: Path) -> None:
