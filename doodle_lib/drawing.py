@@ -91,7 +91,10 @@ def _coordinates(values: object, stroke: int, axis: str) -> np.ndarray:
         raise DrawingError(f"stroke {stroke}: too many points (at most {MAX_POINTS})")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise DrawingError(f"stroke {stroke}: {axis} must hold only numbers")
-    array = np.asarray(values, dtype=np.float64)
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an int beyond any float
+        raise DrawingError(f"stroke {stroke}: {axis} values beyond ±{MAX_ABS_COORDINATE:g}") from None
     if not np.all(np.isfinite(array)):
         raise DrawingError(f"stroke {stroke}: {axis} holds NaN or infinite values")
     if np.any(np.abs(array) > MAX_ABS_COORDINATE):

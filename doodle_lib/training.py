@@ -176,6 +176,7 @@ def fine_tune(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> list[EpochStats]:
     """Continue training `model` on new images mixed with a replay of old ones; new labels grow the head."""
+    seed_everything(config.seed, config.threads)  # the new head rows are random too: the same seed, the same model
     added = sorted(set(new.y.tolist()) - set(model.categories))
     if added:
         model.add_categories(added)

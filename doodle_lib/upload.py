@@ -35,6 +35,8 @@ def image_to_bitmap(data: bytes) -> np.ndarray:
             image.load()
     except DrawingError:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):  # Pillow's own limit, met before ours
+        raise DrawingError(f"the image is too large: more than {MAX_PIXELS} pixels") from None
     except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ... on corrupt data
         raise DrawingError(f"not a readable PNG or JPEG image ({error.__class__.__name__})") from None
     return _normalise(_grayscale(image))

@@ -51,6 +51,8 @@ def dataset_hash(dvc_file: Path) -> str:
 def checkout(project: Path, version: str, destination: str) -> Path:
     """Restore the dataset with hash `version` from the remote into `destination` (relative to the project)."""
     target = project / destination
+    if Path(destination).is_absolute() or not target.resolve().is_relative_to(project.resolve()):
+        raise VersioningError(f"{destination!r} is not a folder inside {project}")
     if target.exists():
         raise VersioningError(f"{target} already exists: choose another destination or remove it")
     pointer = project / f"{destination}.dvc"

@@ -35,6 +35,9 @@ def test_prepare_train_evaluate_checkout(settings):
     assert evaluated.returncode == 0, evaluated.stderr
     assert "on 600 drawings" in evaluated.stdout and "fish" in evaluated.stdout
 
+    for outside in ("/tmp/elsewhere", "../../elsewhere"):
+        refused = doodle("data", "checkout", "--model-version", "1", "--dest", outside, env=env)
+        assert refused.returncode != 0 and "is not a folder inside" in refused.stderr, refused.stderr
     checked_out = doodle("data", "checkout", "--model-version", "1", env=env)
     assert checked_out.returncode == 0, checked_out.stderr
     restored = Path(checked_out.stdout.strip())
@@ -59,7 +62,7 @@ def test_errors_are_messages_not_tracebacks(settings):
     missing = doodle("data", "checkout", "--model-version", "42", env=env)
     assert missing.returncode != 0 and "no version 42" in missing.stderr
     bad = doodle("data", "download", "--categories", "../etc", "--base-url", "http://127.0.0.1:9", env=env)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "invalid category name" in bad.stderr
 
 
 def test_proposals_commands(settings):

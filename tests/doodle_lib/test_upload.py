@@ -59,6 +59,13 @@ def test_bad_uploads_get_a_clear_error(data, message):
         image_to_bitmap(data)
 
 
+def test_an_image_beyond_pillows_own_limit_is_too_large_too():
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buffer, format="PNG")  # 100 M pixels: Pillow's bomb warning, then ours
+    with pytest.raises(DrawingError, match="too large"):
+        image_to_bitmap(buffer.getvalue())
+
+
 def test_a_huge_image_is_refused_before_decoding():
     buffer = io.BytesIO()
     Image.new("L", (5000, 5000)).save(buffer, format="PNG")  # compresses to a few KB
