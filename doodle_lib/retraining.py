@@ -601,7 +601,10 @@ def register_candidate(
     from doodle_lib import tracking
 
     client = tracking.client(settings)
-    existing = client.search_model_versions(f"name = '{settings.model_name}' and tags.airflow_run_id = '{run_id}'")
+    # The version of this run and this trained model: a cleared and retrained `train` makes a new one.
+    existing = client.search_model_versions(
+        f"name = '{settings.model_name}' and tags.airflow_run_id = '{run_id}' and tags.run_id = '{trained['mlflow_run_id']}'"
+    )
     if existing:
         version = max(existing, key=lambda v: int(v.version))
         log.info("version %s was already registered for run %s", version.version, run_id)
@@ -647,7 +650,14 @@ def promote_candidate(
     from doodle_lib import tracking
 
     version = registered["version"]
-    decision = decide(figures, tolerance_points, settings.new_category_bar if bar is None else bar)
+    live = tracking.production_version(settings)
+    live = None if live is None else str(live.version)
+    compared = None if figures.get("production_version") is None else str(figures["production_version"])
+    if live not in (compared, str(version)):  # the other DAG promoted meanwhile (this version itself: a retry)
+        decision = Decision(False, f"not promoted: production moved from version {compared} to {live} after this "
+                                   "candidate was evaluated; the next run compares against the new one")
+    else:
+        decision = decide(figures, tolerance_points, settings.new_category_bar if bar is None else bar)
     client = tracking.client(settings)
     client.set_model_version_tag(settings.model_name, version, "promotion", decision.reason)
     client.set_model_version_tag(settings.model_name, version, "promoted", str(decision.promote).lower())

@@ -18,8 +18,14 @@ from doodle_lib.settings import get_settings
 
 
 def ready_proposals() -> list[str]:
-    """Names of the proposed categories the next run would train (enough drawings, approved if required)."""
-    return [proposal.name for proposal in proposals.list_all(get_settings()) if proposal.ready]
+    """Names of the proposed categories the next run would train: enough drawings, approved if required, and not a
+    name production knows already (the snapshot leaves those out: a run for them alone would have nothing to add)."""
+    settings = get_settings()
+    if not any(proposal.ready for proposal in proposals.list_all(settings)):
+        return []  # the usual case, answered without asking the registry
+    from doodle_lib import retraining
+
+    return [proposal.name for proposal in proposals.ready(settings, retraining.production_categories(settings))]
 
 
 class FeedbackTrigger(BaseTrigger):

@@ -54,15 +54,20 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "heavy": [m for m in 
     assert result["seconds"] < 0.5, result
 
 
-def test_a_new_deployment_waits_for_the_weekly_slot_instead_of_retraining_at_once(dagbag):
-    from datetime import datetime, timezone
+@pytest.mark.parametrize("deployed", ["2026-11-29T05:00:00", "2026-11-29T19:00:00", "2026-11-28T12:00:00"])
+def test_a_new_deployment_waits_for_the_weekly_slot_instead_of_retraining_at_once(dagbag, monkeypatch, deployed):
+    """Deployed two hours after a Sunday's slot, or any time later in the week: the first run is next Sunday's."""
+    from datetime import datetime, timedelta, timezone
 
+    import airflow.timetables.trigger
     from airflow.serialization.serialized_objects import DagSerialization
     from airflow.timetables.base import TimeRestriction
 
+    now = datetime.fromisoformat(deployed).replace(tzinfo=timezone.utc)
+    monkeypatch.setattr(airflow.timetables.trigger, "utcnow", lambda: now)
     dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dagbag.get_dag("retrain_from_scratch")))
     first = dag.timetable.next_dagrun_info(
         last_automated_data_interval=None, restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False)
     )
-    assert first.run_after > datetime.now(timezone.utc)
+    assert now < first.run_after <= now + timedelta(days=7)
     assert first.run_after.weekday() == 6 and first.run_after.hour == 3  # Sunday 03:00 UTC

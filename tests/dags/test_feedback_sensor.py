@@ -76,3 +76,17 @@ def test_a_ready_proposal_fires_below_the_threshold(settings, monkeypatch):
     trigger = FeedbackTrigger(str(settings.feedback_dir), threshold=10, poll_seconds=0.1, deadline=time.time() + 5)
     payload, _ = asyncio.run(first_event(trigger))
     assert payload == {"status": "ready", "keys": keys, "proposals": ["hot air balloon"]}
+
+    # Once production knows the name, the snapshot would not take the proposal: it wakes no run.
+    import json
+
+    from doodle_lib import tracking
+
+    registry = tracking.client(settings)
+    run_id = registry.create_run(registry.get_experiment_by_name("Default").experiment_id).info.run_id
+    registry.create_registered_model(settings.model_name)
+    known = json.dumps(["apple", "hot air balloon"])
+    version = registry.create_model_version(settings.model_name, f"runs:/{run_id}/model", run_id, tags={"categories": known})
+    registry.set_registered_model_alias(settings.model_name, settings.production_alias, version.version)
+    known_already = FeedbackTrigger(str(settings.feedback_dir), threshold=10, poll_seconds=0.1, deadline=time.time() + 0.5)
+    assert asyncio.run(first_event(known_already))[0] == {"status": "timeout", "count": 2}

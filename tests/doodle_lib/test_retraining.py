@@ -266,3 +266,9 @@ def test_train_evaluate_register_twice_gives_one_version(settings):
     production = tracking.production_version(settings)
     assert production.version == first["version"] and production.tags["promoted"] == "true"
     assert production.tags["dataset_version"] == version
+    assert retraining.promote_candidate(settings, first, results, 0.5)["promoted"]  # a retry of the same promotion
+    # Another run's candidate, evaluated while there was no production model: production has moved since.
+    other = retraining.register_candidate(settings, "run-2", trained, version, results)
+    late = retraining.promote_candidate(settings, other, results, 0.5)
+    assert not late["promoted"] and "production moved from version None to " + first["version"] in late["reason"]
+    assert tracking.production_version(settings).version == first["version"]
