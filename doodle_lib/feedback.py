@@ -1,10 +1,13 @@
 """The feedback folder: one PNG and one JSON per drawing under <root>/<category>/, the JSON written last."""
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,6 +88,19 @@ def complete(root: Path) -> list[DrawingRef]:
 def count(root: Path) -> int:
     """How many complete drawings wait in `root`."""
     return len(complete(root))
+
+
+MOVES_LOCK = ".drawing-moves.lock"  # in the data folder
+
+
+@contextmanager
+def moves_lock(data_dir: Path) -> Iterator[None]:
+    """One process at a time moves drawings between folders: the snapshots of both DAGs, proposal merges and
+    rejections. Each checks where drawings are and then moves them, so another move in between must wait."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / MOVES_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        yield
 
 
 def move(refs: list[DrawingRef], source: Path, destination: Path) -> list[DrawingRef]:

@@ -210,7 +210,8 @@ def reject(settings: Settings, typed: str, reason: str) -> Path:
     """Move a proposal's drawings to rejected/proposals/<name>/ with the reason beside them; nothing is deleted."""
     proposal = get(settings, typed)
     aside = settings.rejected_dir / "proposals"
-    refs = feedback.move(drawings(settings, proposal.name), settings.proposals_dir, aside)
+    with feedback.moves_lock(settings.data_dir):  # not while a snapshot takes these drawings
+        refs = feedback.move(drawings(settings, proposal.name), settings.proposals_dir, aside)
     note = {**read_state(settings, proposal.name), "name": proposal.name, "reason": reason, "rejected_at": now(),
             "drawings": [ref.id for ref in refs]}
     atomic.write_bytes(aside / proposal.name / f"rejected-{feedback.new_id()}.json", json.dumps(note).encode())
@@ -224,15 +225,16 @@ def move_drawings(settings: Settings, name: str, destination: Target) -> int:
         raise ProposalError(f"cannot move {name!r} into itself")
     root = settings.feedback_dir if destination.known else settings.proposals_dir
     kind = "correction" if destination.known else "proposal"
-    refs = drawings(settings, name)
-    for ref in refs:
-        old, new = settings.proposals_dir / name, root / destination.name
-        record = json.loads((old / f"{ref.id}.json").read_text())
-        new.mkdir(parents=True, exist_ok=True)
-        os.replace(old / f"{ref.id}.png", new / f"{ref.id}.png")
-        relabelled = {**record, "label": destination.name, "kind": kind}
-        atomic.write_bytes(new / f"{ref.id}.json", json.dumps(relabelled).encode())
-        (old / f"{ref.id}.json").unlink()  # its content now lives, relabelled, at the destination
+    with feedback.moves_lock(settings.data_dir):  # not while a snapshot takes these drawings
+        refs = drawings(settings, name)
+        for ref in refs:
+            old, new = settings.proposals_dir / name, root / destination.name
+            record = json.loads((old / f"{ref.id}.json").read_text())
+            new.mkdir(parents=True, exist_ok=True)
+            os.replace(old / f"{ref.id}.png", new / f"{ref.id}.png")
+            relabelled = {**record, "label": destination.name, "kind": kind}
+            atomic.write_bytes(new / f"{ref.id}.json", json.dumps(relabelled).encode())
+            (old / f"{ref.id}.json").unlink()  # its content now lives, relabelled, at the destination
     remove(settings, name)
     return len(refs)
 

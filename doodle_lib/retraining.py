@@ -62,26 +62,44 @@ def snapshot(settings: Settings, run_id: str, keys: list[str]) -> dict:
     """Move the counted drawings and every ready proposal's into the run's batch folder; a retry finishes the same move."""
     batch = batch_name(run_id)
     folder = settings.batches_dir / batch
-    if (folder / MANIFEST).exists():  # a retry: the first try wrote down what it takes before moving anything
-        plan = json.loads((folder / MANIFEST).read_text())
-    else:
-        refs = [feedback.DrawingRef.parse(key) for key in keys]
-        gone = [ref for ref in refs if not _anywhere(ref, settings.feedback_dir, folder)]
-        if gone:  # another run (the weekly DAG, say) took them first: they are in its batch, not lost
-            log.warning("snapshot: %d counted drawings were taken by another run: %s", len(gone), [r.key for r in gone])
-        taken = {
-            proposal.name: [ref.key for ref in proposals.drawings(settings, proposal.name)]
-            for proposal in proposals.ready(settings, production_categories(settings))
-        }
-        plan = {"run_id": run_id, "keys": [ref.key for ref in refs if ref not in gone], "proposals": taken}
+    with feedback.moves_lock(settings.data_dir):
+        if (folder / MANIFEST).exists():  # a retry: the first try wrote down what it takes before moving anything
+            plan = json.loads((folder / MANIFEST).read_text())
+        else:
+            taken = {
+                proposal.name: [ref.key for ref in proposals.drawings(settings, proposal.name)]
+                for proposal in proposals.ready(settings, production_categories(settings))
+            }
+            plan = {"run_id": run_id, "keys": keys, "proposals": taken}
+        plan = _still_there(settings, folder, plan)
         atomic.write_bytes(folder / MANIFEST, json.dumps(plan).encode())
-    feedback.move([feedback.DrawingRef.parse(key) for key in plan["keys"]], settings.feedback_dir, folder)
-    for name, proposal_keys in plan["proposals"].items():
-        feedback.move([feedback.DrawingRef.parse(key) for key in proposal_keys], settings.proposals_dir, folder)
+        feedback.move([feedback.DrawingRef.parse(key) for key in plan["keys"]], settings.feedback_dir, folder)
+        for name, proposal_keys in plan["proposals"].items():
+            feedback.move([feedback.DrawingRef.parse(key) for key in proposal_keys], settings.proposals_dir, folder)
     count = len(plan["keys"]) + sum(len(k) for k in plan["proposals"].values())
     log.info("snapshot: %d drawings moved to %s, proposed categories %s", count, folder, sorted(plan["proposals"]))
     emit_stats(gauges={"snapshot_drawings": count})
     return {"batch": batch, "count": count, "proposals": sorted(plan["proposals"])}
+
+
+def _still_there(settings: Settings, folder: Path, plan: dict) -> dict:
+    """The plan without drawings that have left for elsewhere since they were counted (or since a first try): another
+    run took them, or an operator merged or rejected a proposal. They are there, not lost."""
+    def here(key: str, source: Path) -> bool:
+        return _anywhere(feedback.DrawingRef.parse(key), source, folder)
+
+    kept = {
+        "keys": [key for key in plan["keys"] if here(key, settings.feedback_dir)],
+        "proposals": {
+            name: [key for key in keys if here(key, settings.proposals_dir)] for name, keys in plan["proposals"].items()
+        },
+    }
+    gone = [k for k in plan["keys"] if k not in kept["keys"]]
+    gone += [k for name, keys in plan["proposals"].items() for k in keys if k not in kept["proposals"][name]]
+    if gone:
+        log.warning("snapshot: %d drawings were taken elsewhere first: %s", len(gone), gone)
+    kept["proposals"] = {name: keys for name, keys in kept["proposals"].items() if keys}
+    return {**plan, **kept}
 
 
 def _anywhere(ref: feedback.DrawingRef, *folders: Path) -> bool:

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from doodle_lib import dataset, feedback, proposals, retraining, tracking, versioning
+from doodle_lib import atomic, dataset, feedback, proposals, retraining, tracking, versioning
 from doodle_lib.drawing import strokes_to_bitmap
 from tests.conftest import fixture_drawings
 
@@ -56,6 +56,28 @@ def test_snapshot_leaves_out_drawings_another_run_took_first(local):
     feedback.move([feedback.DrawingRef.parse(counted[0])], local.feedback_dir, local.batches_dir / "weekly")
     assert retraining.snapshot(local, "run-2", counted)["count"] == 3
     assert retraining.batch_keys(local, "run-2") == counted[1:]
+
+
+def test_a_retry_after_another_run_took_some_drawings_takes_the_rest(local):
+    counted = save(local, 6)
+    weekly_plan = {"run_id": "weekly", "keys": counted, "proposals": {}}  # its first try stopped after the manifest
+    atomic.write_bytes(local.batches_dir / "weekly" / retraining.MANIFEST, json.dumps(weekly_plan).encode())
+    assert retraining.snapshot(local, "run-1", counted[:4])["count"] == 4  # the continuous run, meanwhile
+    assert retraining.snapshot(local, "weekly", counted)["count"] == 2  # the retry: the rest, nothing raised
+    assert retraining.batch_keys(local, "weekly") == counted[4:] and feedback.count(local.feedback_dir) == 0
+
+
+def test_moves_of_drawings_take_turns(local):
+    """A second process cannot take the moves lock while the first holds it."""
+    import subprocess
+    import sys
+
+    script = (f"import fcntl; handle = open({str(local.data_dir / feedback.MOVES_LOCK)!r}, 'a'); "
+              "fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+    with feedback.moves_lock(local.data_dir):
+        held = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert held.returncode != 0 and "BlockingIOError" in held.stderr
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 0
 
 
 def propose(settings, name: str, count: int, start: int = 0) -> list[str]:
