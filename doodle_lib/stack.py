@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -31,23 +32,25 @@ class StackError(RuntimeError):
 @dataclass(frozen=True)
 class Service:
     name: str  # the Procfile process
+    host: str
     port: int
     health_path: str
 
-    def url(self, settings: Settings) -> str:
-        return f"http://{settings.host}:{self.port}"
+    def url(self) -> str:
+        """Where to reach it on this machine (a web app bound to every interface answers on loopback)."""
+        return f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
 
 
 def services(settings: Settings) -> list[Service]:
     """The stack's services with their health endpoints; Prometheus only when it is installed."""
-    webapp_port = int(settings.webapp_bind.rpartition(":")[2])
+    webapp_host, _, webapp_port = settings.webapp_bind.rpartition(":")  # the web app has an address of its own
     found = [
-        Service("mlflow", settings.mlflow_port, "/health"),
-        Service("airflow", settings.airflow_port, "/api/v2/monitor/health"),
-        Service("webapp", webapp_port, "/healthz"),
+        Service("mlflow", settings.host, settings.mlflow_port, "/health"),
+        Service("airflow", settings.host, settings.airflow_port, "/api/v2/monitor/health"),
+        Service("webapp", webapp_host, int(webapp_port), "/healthz"),
     ]
     if shutil.which("prometheus"):
-        found.append(Service("prometheus", settings.prometheus_port, "/-/ready"))
+        found.append(Service("prometheus", settings.host, settings.prometheus_port, "/-/ready"))
     return found
 
 
@@ -175,9 +178,17 @@ def persistent_secret(path: Path) -> str:
     URL-safe base64, which is also the form of a Fernet key."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        descriptor, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 600
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(draft, path)  # whole or not at all; a start racing this one keeps the secret made first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
     return path.read_text().strip()
 
 
@@ -235,10 +246,10 @@ def check_ports(settings: Settings) -> None:
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((settings.host, service.port))
+                probe.bind((service.host, service.port))
             except OSError:
                 raise StackError(
-                    f"port {service.port} ({service.name}) is already in use on {settings.host}: "
+                    f"port {service.port} ({service.name}) is already in use on {service.host}: "
                     "stop what listens there (`make status` tells whether it is this platform) "
                     "or choose another port in the environment (see the README's configuration table)"
                 ) from None
@@ -273,7 +284,7 @@ def ensure_first_model(settings: Settings, echo: Callable[[str], None], timeout:
     # model without a server. Through the server they would be mlflow-artifacts:/ URIs that only a server resolves.
     env = {**environment(settings), "MLFLOW_TRACKING_URI": "", "DOODLE_TORCH_THREADS": "0"}
     run_step("training the first model (about a minute)", command, env, echo)
-    webapp = next(s for s in services(settings) if s.name == "webapp").url(settings)
+    webapp = next(s for s in services(settings) if s.name == "webapp").url()
     deadline = time.monotonic() + timeout
     while not served_version(webapp):
         if time.monotonic() > deadline:
@@ -398,7 +409,7 @@ def wait_until_ready(settings: Settings, honcho: subprocess.Popen, timeout: floa
     deadline = time.monotonic() + timeout
     pending = services(settings)
     while pending and honcho.poll() is None:
-        pending = [s for s in pending if not healthy(s.url(settings) + s.health_path)]
+        pending = [s for s in pending if not healthy(s.url() + s.health_path)]
         if pending and time.monotonic() > deadline:
             stop_group(honcho)
             names = ", ".join(s.name for s in pending)
@@ -430,7 +441,7 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
 
 def banner(settings: Settings) -> str:
     """Where everything is, and how to log in to Airflow."""
-    urls = {s.name: s.url(settings) for s in services(settings)}
+    urls = {s.name: s.url() for s in services(settings)}
     password = airflow_password(settings) or f"see {airflow_home(settings)}/simple_auth_manager_passwords.json.generated"
     lines = [
         "",
@@ -462,7 +473,7 @@ def down(settings: Settings, timeout: float = 60) -> bool:
 
 def status(settings: Settings) -> list[tuple[str, str, bool]]:
     """Each service, its URL and whether it answers its health check."""
-    return [(s.name, s.url(settings), healthy(s.url(settings) + s.health_path)) for s in services(settings)]
+    return [(s.name, s.url(), healthy(s.url() + s.health_path)) for s in services(settings)]
 
 
 if __name__ == "__main__":  # the Procfile's `airflow` and `mlflow` processes

@@ -42,3 +42,11 @@ def test_mlflow_may_call_the_webhook_only_with_a_secret_and_always_has_the_same_
     assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"  # a valid Fernet key
     # The same key at every start, secret or not: a webhook stored once stays readable.
     assert off["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] == key
+
+
+def test_the_web_app_is_checked_where_it_listens(settings):
+    """DOODLE_WEBAPP_BIND, not DOODLE_HOST, is the web app's address; bound to every interface, it answers on loopback."""
+    urls = {s.name: s.url() for s in stack.services(settings.model_copy(update={"webapp_bind": "127.0.0.2:8123"}))}
+    assert urls["webapp"] == "http://127.0.0.2:8123" and urls["mlflow"] == f"http://{settings.host}:{settings.mlflow_port}"
+    anywhere = stack.services(settings.model_copy(update={"webapp_bind": "0.0.0.0:8123"}))
+    assert next(s for s in anywhere if s.name == "webapp").url() == "http://127.0.0.1:8123"
