@@ -22,7 +22,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -32,7 +32,7 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (POSIX: the directory entry lives in the folder)."""
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -103,6 +103,8 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
     """Train from scratch on the current dataset, log to MLflow and register a version."""
     from doodle_lib import baseline
 
+    if data_dir and not checkpoint:
+        raise click.UsageError("--data-dir goes with --checkpoint")
     settings = get_settings()
     overrides = {"epochs": epochs, "learning_rate": learning_rate, "width": width, "seed": seed}
     try:

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 from tqdm import tqdm
 
+from doodle_lib import atomic
 from doodle_lib.settings import get_settings
 
 KINDS = {"numpy_bitmap": ".npy", "simplified": ".ndjson"}
@@ -71,7 +72,7 @@ def validate_category(category: str) -> str:
     if not category.strip():
         raise DownloadError(f"invalid category name {category!r}: empty")
     if category != category.strip() or category.startswith("."):
-        raise DownloadError(f"invalid category name {category!r}: leading or trailing space or dot")
+        raise DownloadError(f"invalid category name {category!r}: leading or trailing space, or a leading dot")
     if "/" in category or "\\" in category or ".." in category:
         raise DownloadError(f"invalid category name {category!r}: contains a path separator or '..'")
     if any(unicodedata.category(ch) == "Cc" for ch in category):
@@ -311,6 +312,7 @@ def _finish(job: _Job, size: int) -> None:
     with job.part.open("rb+") as f:
         os.fsync(f.fileno())
     os.replace(job.part, job.final)
+    atomic.fsync_dir(job.final.parent)
 
 
 def _open(url: str, start: int, stop: int | None, category: str) -> HTTPResponse:

@@ -57,6 +57,8 @@ def test_errors_are_messages_not_tracebacks(settings):
     assert unsigned.returncode != 0 and "set DOODLE_WEBHOOK_SECRET" in unsigned.stderr
     serverless = doodle("webhook", env={**env, "DOODLE_WEBHOOK_SECRET": "s", "MLFLOW_TRACKING_URI": ""})
     assert serverless.returncode != 0 and "only an MLflow server delivers webhooks" in serverless.stderr
+    unused = doodle("train", "--data-dir", ".", env=env)  # it goes with --checkpoint
+    assert unused.returncode == 2 and "--data-dir goes with --checkpoint" in unused.stderr
     stray = doodle("evaluate", "--metrics-file", "m.json", env=env)  # it goes with --checkpoint
     assert stray.returncode == 2 and "--metrics-file go with --checkpoint" in stray.stderr
     missing = doodle("data", "checkout", "--model-version", "42", env=env)
