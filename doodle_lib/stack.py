@@ -78,6 +78,10 @@ def airflow_environment(settings: Settings, executor: str = "LocalExecutor") -> 
         # Tasks reach the execution API here; the default assumes localhost:8080.
         "AIRFLOW__API__BASE_URL": api,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+        # A task's calls to that API: 5 s and 5 tries were too few here when the first model trained while Airflow
+        # started (2 busy cores; the first run's sensor failed after a read timeout). A slow answer now waits.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
+        "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
         # Every process must sign and check task tokens with the same secret.
         "AIRFLOW__API_AUTH__JWT_SECRET": persistent_secret(home / "jwt_secret"),
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
