@@ -65,7 +65,8 @@ def train_base(settings: Settings, config, promote: bool = False, run_name: str 
 
     dataset_version = current_dataset_version(settings)
     # Categories users added since the base data stay: the production model has them, so a new base model must too.
-    train_split = retraining.scratch_training_data(settings, set(retraining.production_categories(settings)))
+    files = retraining.version_files(settings, dataset_version)
+    train_split = retraining.scratch_training_data(files, set(retraining.production_categories(settings)))
     eval_split = dataset.read_split(settings.evaluation_path)
     categories = sorted(np.unique(train_split.y).tolist())
     with tracking.training_run(settings, run_name, {"dataset_version": dataset_version, "kind": "scratch"}) as run_id:

@@ -40,8 +40,11 @@ STATS_PREFIX = "doodle.retrain"
 
 
 def batch_name(run_id: str) -> str:
-    """The batch folder name of an Airflow run: the run id with every unsafe character as '_'."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id).lstrip(".")[:100]
+    """The batch folder name of an Airflow run: the run id with every unsafe character as '_', plus a hash of the run
+    id when that changed it, so that two runs (`x:1`, `x+1`) never share a batch, nor its file in the dataset."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id).lstrip(".")
+    if name != run_id or len(name) > 100:
+        name = f"{name[:87]}-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
     return feedback.check_folder_name(name)
 
 
@@ -58,8 +61,15 @@ def production_categories(settings: Settings) -> list[str]:
     return json.loads(version.tags.get("categories", "[]")) if version else []
 
 
-def snapshot(settings: Settings, run_id: str, keys: list[str]) -> dict:
-    """Move the counted drawings and every ready proposal's into the run's batch folder; a retry finishes the same move."""
+class NothingToTrain(Exception):
+    """A run that needs new drawings found none left: another run took every drawing it counted."""
+
+
+def snapshot(settings: Settings, run_id: str, keys: list[str], allow_empty: bool = True) -> dict:
+    """Move the counted drawings and every ready proposal's into the run's batch folder; a retry finishes the same move.
+
+    Without `allow_empty`, a snapshot left with nothing to move raises NothingToTrain and leaves no batch behind.
+    """
     batch = batch_name(run_id)
     folder = settings.batches_dir / batch
     with feedback.moves_lock(settings.data_dir):
@@ -72,6 +82,9 @@ def snapshot(settings: Settings, run_id: str, keys: list[str]) -> dict:
             }
             plan = {"run_id": run_id, "keys": keys, "proposals": taken}
         plan = _still_there(settings, folder, plan)
+        if not allow_empty and not plan["keys"] and not plan["proposals"]:
+            shutil.rmtree(folder, ignore_errors=True)  # at most an earlier try's manifest: no drawing was moved
+            raise NothingToTrain(f"the {len(keys)} drawings this run counted were all taken by another run first")
         atomic.write_bytes(folder / MANIFEST, json.dumps(plan).encode())
         feedback.move([feedback.DrawingRef.parse(key) for key in plan["keys"]], settings.feedback_dir, folder)
         for name, proposal_keys in plan["proposals"].items():
@@ -121,9 +134,14 @@ def batch_proposals(settings: Settings, batch: str) -> list[str]:
 # --- ingest -----------------------------------------------------------------------------------
 
 
+def batch_file(batch: str) -> str:
+    """A batch's ingested feedback, relative to the dataset folder."""
+    return f"{dataset.FEEDBACK_FOLDER}/{batch}.npz"
+
+
 def feedback_file(settings: Settings, batch: str) -> Path:
     """Where a batch lives in the training data once ingested."""
-    return settings.dataset_dir / dataset.FEEDBACK_FOLDER / f"{batch}.npz"
+    return settings.dataset_dir / batch_file(batch)
 
 
 def checked_drawing(folder: Path, ref: feedback.DrawingRef) -> np.ndarray:
@@ -221,16 +239,43 @@ def concat(*splits: dataset.Split) -> dataset.Split:
     return dataset.Split(np.concatenate([s.x for s in splits]), np.concatenate([s.y for s in splits]))
 
 
-def read_batch(settings: Settings, batch: str) -> dataset.Split:
+# Training and evaluation read the dataset as a mapping: relative path inside the dataset folder -> a readable copy.
+
+
+def live_files(settings: Settings) -> dict[str, Path]:
+    """The dataset folder's files as they are now."""
+    folder = settings.dataset_dir
+    return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*.npz"))}
+
+
+def version_files(settings: Settings, dataset_version: str) -> dict[str, Path]:
+    """The files of a stored dataset version, read from the DVC remote: what a run trains and judges on, so that a
+    batch the other DAG ingests meanwhile is in neither the model nor the dataset version recorded with it."""
+    return versioning.version_files(settings.dvc_remote_dir, dataset_version)
+
+
+def files_in(files: dict[str, Path], folder: str) -> list[Path]:
+    """The .npz files of one subfolder (feedback, proposals), in name order."""
+    return [path for name, path in sorted(files.items()) if name.startswith(f"{folder}/") and name.endswith(".npz")]
+
+
+def read_base(files: dict[str, Path]) -> dataset.Split:
+    """The base training split, or a clear error when the dataset has none."""
+    if dataset.BASE_FILE not in files:
+        raise FileNotFoundError(f"the dataset has no {dataset.BASE_FILE}: run `doodle data prepare` first")
+    return dataset.read_split(files[dataset.BASE_FILE])
+
+
+def read_batch(files: dict[str, Path], batch: str) -> dataset.Split:
     """The ingested feedback of a batch (empty when none was usable)."""
-    path = feedback_file(settings, batch)
-    return dataset.read_split(path) if path.exists() else empty_split()
+    path = files.get(batch_file(batch))
+    return dataset.read_split(path) if path else empty_split()
 
 
-def proposal_drawings(settings: Settings, categories: set[str], judge: bool) -> dataset.Split:
+def proposal_drawings(files: dict[str, Path], categories: set[str], judge: bool) -> dataset.Split:
     """Ingested drawings of these proposed categories, from every batch: the held-back ones (`judge`) or the others."""
     parts = [empty_split()]
-    for path in sorted((settings.dataset_dir / PROPOSALS_FOLDER).glob("*.npz")):
+    for path in files_in(files, PROPOSALS_FOLDER):
         with np.load(path, allow_pickle=False) as data:
             rows = np.isin(data["y"], sorted(categories)) & (data["held_back"] == judge)
             parts.append(dataset.Split(data["x"][rows], data["y"][rows]))
@@ -318,22 +363,18 @@ def start_experiment(settings: Settings, run_id: str, batch: str, dataset_versio
     return {"parent_run_id": parent, "mlflow_url": url}
 
 
-def scratch_training_data(settings: Settings, accepted: set[str]) -> dataset.Split:
+def scratch_training_data(files: dict[str, Path], accepted: set[str]) -> dataset.Split:
     """Every training drawing: the base split, all ingested feedback, and the `accepted` proposed categories' drawings."""
-    return concat(dataset.load_training_data(settings.dataset_dir), proposal_drawings(settings, accepted, judge=False))
+    feedback_parts = [dataset.read_split(path) for path in files_in(files, dataset.FEEDBACK_FOLDER)]
+    return concat(read_base(files), *feedback_parts, proposal_drawings(files, accepted, judge=False))
 
 
-def training_parts(settings: Settings, batch: str, accepted: set[str], adding: set[str]) -> tuple[dataset.Split, dataset.Split]:
+def training_parts(files: dict[str, Path], batch: str, accepted: set[str], adding: set[str]) -> tuple[dataset.Split, dataset.Split]:
     """(old, new): every training drawing but this batch's, with the `accepted` proposed categories; and this batch's,
     with every training drawing of the categories it is `adding` (this batch's and earlier attempts')."""
-    base = dataset.read_split(settings.dataset_dir / dataset.BASE_FILE)
-    others = [
-        dataset.read_split(p)
-        for p in sorted((settings.dataset_dir / dataset.FEEDBACK_FOLDER).glob("*.npz"))
-        if p.stem != batch
-    ]
-    old = concat(base, *others, proposal_drawings(settings, accepted - adding, judge=False))
-    new = concat(read_batch(settings, batch), proposal_drawings(settings, adding, judge=False))
+    others = [dataset.read_split(path) for path in files_in(files, dataset.FEEDBACK_FOLDER) if path != files.get(batch_file(batch))]
+    old = concat(read_base(files), *others, proposal_drawings(files, accepted - adding, judge=False))
+    new = concat(read_batch(files, batch), proposal_drawings(files, adding, judge=False))
     return old, new
 
 
@@ -355,7 +396,7 @@ def train_candidate(
     spec = Candidate(**candidate)
     accepted = set(production_categories(settings))
     adding = set(batch_proposals(settings, batch)) - accepted
-    old, new = training_parts(settings, batch, accepted, adding)
+    old, new = training_parts(version_files(settings, dataset_version), batch, accepted, adding)
     fine_tune = spec.kind == "fine-tune" and len(new) > 0
     production = tracking.load_production(settings) if fine_tune else None
     kind = "fine-tune" if production else "scratch"
@@ -387,6 +428,7 @@ def train_candidate(
     log.info("%s (%s) trained in %.1fs on %d old + %d new drawings: run %s", spec.name, kind, seconds, len(old), len(new), mlflow_run_id)
     return {
         "candidate": spec.name,
+        "dataset_version": dataset_version,
         "new_categories": sorted(adding),
         "mlflow_run_id": mlflow_run_id,
         "model_uri": model_uri,
@@ -462,7 +504,8 @@ def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
 
     candidate = load_checkpoint(Path(trained["checkpoint"]))
     evaluation_set = dataset.read_split(settings.evaluation_path)
-    new = read_batch(settings, batch)
+    files = version_files(settings, trained["dataset_version"])
+    new = read_batch(files, batch)
     production = tracking.load_production(settings)
     full = training.evaluate(candidate, evaluation_set)
     figures = {
@@ -478,7 +521,7 @@ def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
         figures["production"] = {"eval": score(model, evaluation_set), "feedback": score(model, new)}
         figures["production_version"] = version.version
     judged = set(candidate.categories) - set(np.unique(evaluation_set.y).tolist())
-    held = proposal_drawings(settings, judged, judge=True)
+    held = proposal_drawings(files, judged, judge=True)
     for category in sorted(judged):
         rows = dataset.Split(held.x[held.y == category], held.y[held.y == category])
         known = production and category in production[0].categories

@@ -342,17 +342,31 @@ def pid_file(settings: Settings) -> Path:
     return settings.storage_dir / "stack.pid"
 
 
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None when there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def write_pid_file(settings: Settings, honcho_pid: int) -> None:
+    """Record this `doodle stack up` with its start time: after a crash and a reboot, another process may get the pid."""
+    pid_file(settings).write_text(f"{os.getpid()} {honcho_pid} {process_started(os.getpid())!r}\n")
+
+
 def running_pid(settings: Settings) -> int | None:
-    """The pid of a running `doodle stack up`, or None."""
+    """The pid of a running `doodle stack up`, or None (also when the pid file is left from one that died)."""
     path = pid_file(settings)
     if not path.exists():
         return None
-    pid = int(path.read_text().split()[0])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    fields = path.read_text().split()
+    if len(fields) != 3:  # cut short, or written by an older version: the port check after this still stops a second stack
         return None
-    return pid
+    pid, started = int(fields[0]), float(fields[2])
+    return pid if process_started(pid) == started else None
 
 
 def healthy(url: str) -> bool:
@@ -386,7 +400,7 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
                "-e", str(env_file), *names]
     echo("==> starting " + ", ".join(names))
     honcho = subprocess.Popen(command, cwd=PROJECT_ROOT, start_new_session=True)
-    pid_file(settings).write_text(f"{os.getpid()} {honcho.pid}\n")
+    write_pid_file(settings, honcho.pid)
 
     def forward(signum, _frame):
         if honcho.poll() is None:

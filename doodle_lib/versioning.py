@@ -62,18 +62,26 @@ def checkout(project: Path, version: str, destination: str) -> Path:
     return target
 
 
+def stored_object(remote: Path, md5: str) -> Path:
+    """Where the remote keeps the content with this md5 (DVC 3's content-addressed layout)."""
+    return remote / "files" / "md5" / md5[:2] / md5[2:]
+
+
 def stored_files(remote: Path, version: str) -> dict[str, str]:
     """Files (relative path -> md5) of a dataset version, after checking the remote holds each one's content."""
     import json
 
-    def obj(md5: str) -> Path:
-        return remote / "files" / "md5" / md5[:2] / md5[2:]
-
-    listing = obj(version)
+    listing = stored_object(remote, version)
     if not listing.is_file():
         raise VersioningError(f"the remote {remote} does not hold dataset version {version}")
     files = {entry["relpath"]: entry["md5"] for entry in json.loads(listing.read_text())}
-    missing = sorted(path for path, md5 in files.items() if not obj(md5).is_file())
+    missing = sorted(path for path, md5 in files.items() if not stored_object(remote, md5).is_file())
     if missing:
         raise VersioningError(f"dataset version {version} is incomplete in {remote}: {missing[:5]} missing")
     return files
+
+
+def version_files(remote: Path, version: str) -> dict[str, Path]:
+    """The files of a dataset version (relative path -> the remote's copy): exactly what the version names, read in
+    place, whatever was added to the live folder since."""
+    return {path: stored_object(remote, md5) for path, md5 in stored_files(remote, version).items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, task
+from airflow.sdk.exceptions import AirflowSkipException
 from mlflow_link import mlflow_task
 
 from doodle_lib.settings import Settings, get_settings
@@ -28,14 +29,20 @@ def candidate_params(settings: Settings, kinds: bool) -> dict[str, Param]:
     return params
 
 
-def retraining_stages(keys, kinds: list[str] | None = None, train_timeout: timedelta = timedelta(hours=2)) -> None:
+def retraining_stages(
+    keys, kinds: list[str] | None = None, train_timeout: timedelta = timedelta(hours=2), needs_drawings: bool = False
+) -> None:
     """snapshot -> ingest -> version -> plan -> train and evaluate each candidate (mapped) -> choose -> register ->
-    promote -> cleanup, after the task whose output is the drawing keys; `kinds` fixes the candidates' kinds."""
+    promote -> cleanup, after the task whose output is the drawing keys; `kinds` fixes the candidates' kinds. With
+    `needs_drawings`, a run whose snapshot finds none of its drawings left ends skipped instead of training."""
 
     @task
     def snapshot(keys: list[str], run_id=None) -> dict:
         from doodle_lib import retraining
-        return retraining.snapshot(get_settings(), run_id, keys)
+        try:
+            return retraining.snapshot(get_settings(), run_id, keys, allow_empty=not needs_drawings)
+        except retraining.NothingToTrain as nothing:
+            raise AirflowSkipException(str(nothing)) from None
 
     @task
     def ingest(batch: dict) -> dict:

@@ -1,6 +1,7 @@
 """Real runs of the retraining DAG with dag.test(): a real MLflow server, a real DVC remote, small data."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -100,6 +101,27 @@ def test_too_little_feedback_ends_skipped(dagbag, retrain_world):
     assert set(states.values()) == {"skipped"}
     assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(keys)
     assert len(versions(settings)) == 1
+
+
+def test_a_run_whose_drawings_the_weekly_run_took_first_ends_skipped(dagbag, retrain_world, monkeypatch):
+    """Between the sensor's count and the snapshot, the weekly DAG takes every counted drawing: nothing to train on."""
+    settings = retrain_world
+    keys = world.save_feedback(settings, 30)
+    real_lock = feedback.moves_lock
+
+    @contextlib.contextmanager
+    def weekly_run_moves_first(data_dir):
+        feedback.move([feedback.DrawingRef.parse(key) for key in keys], settings.feedback_dir, settings.batches_dir / "weekly")
+        with real_lock(data_dir):
+            yield
+
+    monkeypatch.setattr(feedback, "moves_lock", weekly_run_moves_first)
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=30)
+
+    assert run.state == "success"
+    assert states.pop("wait_for_feedback") == "success" and set(states.values()) == {"skipped"}, states
+    assert len(versions(settings)) == 1
+    assert [folder.name for folder in settings.batches_dir.iterdir()] == ["weekly"]  # no empty batch left behind
 
 
 def test_retried_snapshot_takes_exactly_the_counted_drawings(dagbag, retrain_world, monkeypatch):

@@ -31,13 +31,20 @@ def local(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "run_id, name",
     [
-        ("manual__2026-11-23T06:47:34.571409+00:00", "manual__2026-11-23T06_47_34.571409_00_00"),
-        ("scheduled__2026/../x", "scheduled__2026_.._x"),
-        ("..hidden", "hidden"),
+        ("manual__2026-11-23T06:47:34.571409+00:00", "manual__2026-11-23T06_47_34.571409_00_00-9c5505800d8f"),
+        ("scheduled__2026/../x", "scheduled__2026_.._x-8d45cc2c80fa"),
+        ("..hidden", "hidden-27b2a250c550"),
+        ("run-1", "run-1"),
+        ("r" * 150, "r" * 87 + "-455052763905"),
     ],
 )
 def test_batch_name_is_one_safe_path_component(run_id, name):
     assert retraining.batch_name(run_id) == name
+
+
+def test_run_ids_that_differ_only_in_unsafe_characters_get_different_batches():
+    names = {retraining.batch_name(run_id) for run_id in ("x:1", "x+1", "x 1", "x_1", "r" * 101, "r" * 102)}
+    assert len(names) == 6
 
 
 def test_snapshot_moves_exactly_the_counted_drawings_and_a_retry_is_a_no_op(local):
@@ -56,6 +63,15 @@ def test_snapshot_leaves_out_drawings_another_run_took_first(local):
     feedback.move([feedback.DrawingRef.parse(counted[0])], local.feedback_dir, local.batches_dir / "weekly")
     assert retraining.snapshot(local, "run-2", counted)["count"] == 3
     assert retraining.batch_keys(local, "run-2") == counted[1:]
+
+
+def test_a_snapshot_that_needs_drawings_and_finds_none_left_leaves_no_batch(local):
+    counted = save(local, 3)
+    feedback.move([feedback.DrawingRef.parse(key) for key in counted], local.feedback_dir, local.batches_dir / "weekly")
+    with pytest.raises(retraining.NothingToTrain, match="all taken by another run"):
+        retraining.snapshot(local, "run-1", counted, allow_empty=False)
+    assert not (local.batches_dir / "run-1").exists()
+    assert retraining.snapshot(local, "weekly-2", [])["count"] == 0  # the weekly DAG retrains on an empty batch too
 
 
 def test_a_retry_after_another_run_took_some_drawings_takes_the_rest(local):
@@ -102,22 +118,23 @@ def test_snapshot_takes_ready_proposals_and_ingest_holds_back_a_share_of_each(lo
     assert "hot air balloon" in proposals.names(local)  # its state stays: a failed attempt keeps collecting
 
     assert retraining.ingest(local, "run-1")["ingested"] == 13
-    assert sorted(retraining.read_batch(local, "run-1").y.tolist()) == sorted(k.split("/")[0] for k in counted)
+    assert sorted(retraining.read_batch(retraining.live_files(local), "run-1").y.tolist()) == sorted(k.split("/")[0] for k in counted)
     with np.load(retraining.proposals_file(local, "run-1")) as data:
         assert data["keys"].tolist() == ready and set(data["y"].tolist()) == {"hot air balloon"}
         assert data["held_back"].sum() == 2  # 20% of 10
     # Training sees the proposal's other drawings only while it is being added or once accepted, never its judges.
-    old, new = retraining.training_parts(local, "run-1", accepted=set(), adding={"hot air balloon"})
+    files = retraining.live_files(local)
+    old, new = retraining.training_parts(files, "run-1", accepted=set(), adding={"hot air balloon"})
     assert (new.y == "hot air balloon").sum() == 8 and "hot air balloon" not in old.y
-    old, new = retraining.training_parts(local, "run-1", accepted=set(), adding=set())
+    old, new = retraining.training_parts(files, "run-1", accepted=set(), adding=set())
     assert "hot air balloon" not in np.concatenate([old.y, new.y])
-    old, _ = retraining.training_parts(local, "run-2", accepted={"hot air balloon"}, adding=set())
+    old, _ = retraining.training_parts(files, "run-2", accepted={"hot air balloon"}, adding=set())
     assert (old.y == "hot air balloon").sum() == 8
-    judges = retraining.proposal_drawings(local, {"hot air balloon"}, judge=True)
+    judges = retraining.proposal_drawings(files, {"hot air balloon"}, judge=True)
     assert len(judges) == 2
     # Training from scratch (`doodle train`) keeps an accepted category, without its judges, and no other.
-    assert (retraining.scratch_training_data(local, {"hot air balloon"}).y == "hot air balloon").sum() == 8
-    assert "hot air balloon" not in retraining.scratch_training_data(local, set()).y
+    assert (retraining.scratch_training_data(files, {"hot air balloon"}).y == "hot air balloon").sum() == 8
+    assert "hot air balloon" not in retraining.scratch_training_data(files, set()).y
 
 
 def test_held_back_is_a_fixed_share_chosen_by_content_not_by_order():
@@ -143,7 +160,7 @@ def test_ingest_keeps_good_drawings_rerenders_a_broken_png_and_sets_bad_ones_asi
     result = retraining.ingest(local, "run-1")
 
     assert result["ingested"] == 3 and sorted(result["rejected"]) == sorted([mislabelled.key, blank.key])
-    split = retraining.read_batch(local, "run-1")
+    split = retraining.read_batch(retraining.live_files(local), "run-1")
     assert split.x.shape == (3, 28, 28) and split.x.dtype == np.uint8
     category, _, strokes = fixture_drawings()[0]
     assert (split.x[0] == strokes_to_bitmap(strokes, raw=False)).all()  # re-rendered from the strokes
@@ -266,6 +283,27 @@ def test_cleanup_removes_a_batch_only_once_the_remote_holds_it(local):
     assert retraining.cleanup(local, "run-1", version) == {"batch": "run-1", "removed": True}
     assert retraining.cleanup(local, "run-1", version) == {"batch": "run-1", "removed": False}
     assert "feedback/run-1.npz" in versioning.stored_files(local.dvc_remote_dir, version)
+
+
+def test_a_run_reads_its_dataset_version_not_batches_ingested_since(local):
+    """The other DAG may ingest a batch between this run's version and train stages: the run must not train on it."""
+    dataset.build_base(local.sample_dir, local.dataset_dir, local.evaluation_path, ["cat", "fish"], 10, 30)
+    versioning.ensure_project(local.data_dir, local.dvc_remote_dir)
+    retraining.snapshot(local, "run-1", save(local, 4))
+    retraining.ingest(local, "run-1")
+    version = retraining.version_dataset(local)["dataset_version"]
+    retraining.snapshot(local, "weekly", save(local, 3, start=10))
+    retraining.ingest(local, "weekly")
+
+    files = retraining.version_files(local, version)
+    assert sorted(files) == ["base.npz", "feedback/run-1.npz"]
+    old, new = retraining.training_parts(files, "run-1", accepted=set(), adding=set())
+    live_old, live_new = retraining.training_parts(retraining.live_files(local), "run-1", accepted=set(), adding=set())
+    assert len(new) == len(live_new) == 4
+    assert len(old) == 40 and len(live_old) == 43  # the live folder has the weekly batch too
+    assert len(retraining.scratch_training_data(files, set())) == 44
+    with pytest.raises(versioning.VersioningError, match="does not hold dataset version"):
+        retraining.version_files(local, "0" * 32 + ".dir")
 
 
 @pytest.mark.slow

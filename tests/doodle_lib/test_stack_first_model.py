@@ -1,6 +1,9 @@
-"""`make up` asks the running MLflow server, over its REST API, whether a first model must be trained."""
+"""`make up`'s decisions: whether to train a first model (asked of the running MLflow server over its REST API), MLflow's
+webhook settings, where the web app is checked, and whether a stack already runs."""
 from __future__ import annotations
 
+import os
+import subprocess
 from urllib.parse import urlparse
 
 import pytest
@@ -50,3 +53,17 @@ def test_the_web_app_is_checked_where_it_listens(settings):
     assert urls["webapp"] == "http://127.0.0.2:8123" and urls["mlflow"] == f"http://{settings.host}:{settings.mlflow_port}"
     anywhere = stack.services(settings.model_copy(update={"webapp_bind": "0.0.0.0:8123"}))
     assert next(s for s in anywhere if s.name == "webapp").url() == "http://127.0.0.1:8123"
+
+
+def test_a_pid_file_left_by_a_stack_that_died_does_not_block_the_next_start(settings):
+    """After a crash and a reboot another process may hold the recorded pid: the start time tells them apart."""
+    settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    stack.write_pid_file(settings, honcho_pid=1)
+    assert stack.running_pid(settings) == os.getpid()
+    pid, honcho, started = stack.pid_file(settings).read_text().split()
+    stack.pid_file(settings).write_text(f"{pid} {honcho} {float(started) - 3600!r}\n")  # same pid, another process
+    assert stack.running_pid(settings) is None
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    stack.pid_file(settings).write_text(f"{ended.pid} {honcho} {started}\n")
+    assert stack.running_pid(settings) is None
