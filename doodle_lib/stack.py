@@ -395,6 +395,7 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     env_file.unlink(missing_ok=True)  # made anew, readable by the owner only: it holds the stack's secrets
     with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
         handle.write("".join(f"{key}={value}\n" for key, value in environment(settings).items()))
+    adopt_orphans()
     names = [service.name for service in services(settings)]  # the Procfile's processes, each with a health check
     command = [str(VENV_BIN / "honcho"), "start", "--no-colour", "-f", str(PROCFILE), "-d", str(PROJECT_ROOT),
                "-e", str(env_file), *names]
@@ -416,7 +417,11 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
             ensure_first_model(settings, echo)
         if honcho.poll() is None:
             echo(banner(settings))
-        return honcho.wait()
+        while True:
+            try:
+                return honcho.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                reap_orphans(honcho.pid)
     finally:
         stop_group(honcho)
         pid_file(settings).unlink(missing_ok=True)
@@ -435,14 +440,34 @@ def wait_until_ready(settings: Settings, honcho: subprocess.Popen, timeout: floa
         time.sleep(0.5)
 
 
-def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
-    """Stop honcho (which stops each service's process group), then kill any descendant left behind."""
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def adopt_orphans() -> None:
+    """Become the parent of any descendant whose parent dies (Linux's child subreaper), instead of init: services
+    that outlive a killed honcho are then still this process's children, for stop_group to find."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_orphans(keep: int) -> None:
+    """Collect the exit status of adopted descendants that ended (nothing else waits for them), all but `keep`."""
     import psutil
 
-    try:
-        tree = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
+    for child in psutil.Process().children():
+        try:
+            if child.pid != keep and child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.NoSuchProcess, ChildProcessError):
+            pass
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop honcho (which stops each service's process group), then every descendant of this process left behind: a
+    service that ignored its signal, or, after adopt_orphans, one whose honcho was killed."""
+    import psutil
+
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -450,11 +475,19 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    for leftover in tree:  # honcho was killed, or a service ignored its signals
+    leftovers = psutil.Process().children(recursive=True)
+    for leftover in leftovers:
+        try:
+            leftover.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(leftovers, timeout=10)
+    for leftover in alive:
         try:
             leftover.kill()
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def banner(settings: Settings) -> str:

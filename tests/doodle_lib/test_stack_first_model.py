@@ -67,3 +67,36 @@ def test_a_pid_file_left_by_a_stack_that_died_does_not_block_the_next_start(sett
     ended.wait()
     stack.pid_file(settings).write_text(f"{ended.pid} {honcho} {started}\n")
     assert stack.running_pid(settings) is None
+
+
+HONCHO_KILLED = """
+import json, os, signal, subprocess, sys, time
+import psutil
+from doodle_lib import stack
+if sys.argv[1] == "adopt":
+    stack.adopt_orphans()
+# A stand-in for honcho: a shell in its own session with two services that would outlive it.
+service = "sleep 300 </dev/null >/dev/null 2>&1 &"  # no pipe of this test's held open by a leftover
+honcho = subprocess.Popen(["sh", "-c", f"{service} {service} echo up; wait"], start_new_session=True, stdout=subprocess.PIPE, text=True)
+honcho.stdout.readline()
+services = psutil.Process(honcho.pid).children()
+os.kill(honcho.pid, signal.SIGKILL)
+honcho.wait()
+stack.stop_group(honcho)
+print(json.dumps({"services": [s.pid for s in services], "left": [s.pid for s in services if s.is_running() and s.status() != "zombie"]}))
+"""
+
+
+@pytest.mark.parametrize("adopt", [True, False])
+def test_services_a_killed_honcho_leaves_behind_are_stopped_with_the_stack(adopt):
+    """`make up` adopts orphaned descendants, so when honcho itself is killed its services still stop with the stack."""
+    import json
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HONCHO_KILLED, "adopt" if adopt else "no"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for pid in result["left"]:
+        os.kill(pid, 9)
+    assert len(result["services"]) == 2
+    assert result["left"] == ([] if adopt else result["services"])  # without adopting, they outlive the stack
