@@ -89,13 +89,6 @@ def read_split(path: Path) -> Split:
         return Split(data["x"], data["y"])
 
 
-def load_training_data(dataset_dir: Path) -> Split:
-    """All training data: the base split plus every ingested feedback batch."""
-    parts = [read_split(dataset_dir / BASE_FILE)]
-    parts += [read_split(path) for path in sorted((dataset_dir / FEEDBACK_FOLDER).glob("*.npz"))]
-    return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
-
-
 def encode(labels: np.ndarray, categories: list[str]) -> np.ndarray:
     """Category names to class indices in the model's order; unknown names are an error."""
     index = {name: i for i, name in enumerate(categories)}

@@ -1,7 +1,6 @@
 """The feedback folder: one PNG and one JSON per drawing under <root>/<category>/, the JSON written last."""
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
@@ -97,9 +96,7 @@ MOVES_LOCK = ".drawing-moves.lock"  # in the data folder
 def moves_lock(data_dir: Path) -> Iterator[None]:
     """One process at a time moves drawings between folders: the snapshots of both DAGs, proposal merges and
     rejections. Each checks where drawings are and then moves them, so another move in between must wait."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / MOVES_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+    with atomic.exclusive(data_dir / MOVES_LOCK):
         yield
 
 

@@ -62,7 +62,7 @@ def production_categories(settings: Settings) -> list[str]:
 
 
 class NothingToTrain(Exception):
-    """A run that needs new drawings found none left: another run took every drawing it counted."""
+    """A run that needs new drawings has none: others took what it counted, or ingest rejected every one."""
 
 
 def snapshot(settings: Settings, run_id: str, keys: list[str], allow_empty: bool = True) -> dict:
@@ -84,7 +84,8 @@ def snapshot(settings: Settings, run_id: str, keys: list[str], allow_empty: bool
         plan = _still_there(settings, folder, plan)
         if not allow_empty and not plan["keys"] and not plan["proposals"]:
             shutil.rmtree(folder, ignore_errors=True)  # at most an earlier try's manifest: no drawing was moved
-            raise NothingToTrain(f"the {len(keys)} drawings this run counted were all taken by another run first")
+            raise NothingToTrain(f"none of the {len(keys)} drawings or the proposals this run counted is left: another run "
+                                 "or an operator's merge or rejection took them first")
         atomic.write_bytes(folder / MANIFEST, json.dumps(plan).encode())
         feedback.move([feedback.DrawingRef.parse(key) for key in plan["keys"]], settings.feedback_dir, folder)
         for name, proposal_keys in plan["proposals"].items():
@@ -185,8 +186,9 @@ def held_back(images: list[np.ndarray], share: float) -> np.ndarray:
     return flags
 
 
-def ingest(settings: Settings, batch: str) -> dict:
-    """Validate the batch's drawings and merge them into the data (proposed categories apart); bad ones go aside."""
+def ingest(settings: Settings, batch: str, allow_empty: bool = True) -> dict:
+    """Validate the batch's drawings and merge them into the data (proposed categories apart); bad ones go aside.
+    Without `allow_empty`, a batch with no usable drawing raises NothingToTrain instead, and its folder goes."""
     folder = settings.batches_dir / batch
     proposed = set(batch_proposals(settings, batch))
     good: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}  # by "is a proposal"
@@ -201,6 +203,9 @@ def ingest(settings: Settings, batch: str) -> dict:
             continue
         images, labels, keys = good[ref.category in proposed]
         images.append(image), labels.append(ref.category), keys.append(key)
+    if not allow_empty and not good[False][0] and not good[True][0]:
+        shutil.rmtree(folder)  # every drawing of it has a copy in rejected/ with its reason
+        raise NothingToTrain(f"ingest rejected all {len(rejected)} drawings of the batch: why is in {settings.rejected_dir / batch}")
     images, labels, keys = good[False]
     if images:
         atomic.write_npz(feedback_file(settings, batch), x=np.stack(images), y=np.array(labels), keys=np.array(keys))
@@ -242,21 +247,18 @@ def concat(*splits: dataset.Split) -> dataset.Split:
 # Training and evaluation read the dataset as a mapping: relative path inside the dataset folder -> a readable copy.
 
 
-def live_files(settings: Settings) -> dict[str, Path]:
-    """The dataset folder's files as they are now."""
-    folder = settings.dataset_dir
-    return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*.npz"))}
-
-
 def version_files(settings: Settings, dataset_version: str) -> dict[str, Path]:
     """The files of a stored dataset version, read from the DVC remote: what a run trains and judges on, so that a
     batch the other DAG ingests meanwhile is in neither the model nor the dataset version recorded with it."""
     return versioning.version_files(settings.dvc_remote_dir, dataset_version)
 
 
-def files_in(files: dict[str, Path], folder: str) -> list[Path]:
-    """The .npz files of one subfolder (feedback, proposals), in name order."""
-    return [path for name, path in sorted(files.items()) if name.startswith(f"{folder}/") and name.endswith(".npz")]
+def files_in(files: dict[str, Path], folder: str, leaving_out: str = "") -> list[Path]:
+    """The .npz files of one subfolder (feedback, proposals), in name order, but the one named `leaving_out`."""
+    return [
+        path for name, path in sorted(files.items())
+        if name.startswith(f"{folder}/") and name.endswith(".npz") and name != leaving_out
+    ]
 
 
 def read_base(files: dict[str, Path]) -> dataset.Split:
@@ -372,7 +374,7 @@ def scratch_training_data(files: dict[str, Path], accepted: set[str]) -> dataset
 def training_parts(files: dict[str, Path], batch: str, accepted: set[str], adding: set[str]) -> tuple[dataset.Split, dataset.Split]:
     """(old, new): every training drawing but this batch's, with the `accepted` proposed categories; and this batch's,
     with every training drawing of the categories it is `adding` (this batch's and earlier attempts')."""
-    others = [dataset.read_split(path) for path in files_in(files, dataset.FEEDBACK_FOLDER) if path != files.get(batch_file(batch))]
+    others = [dataset.read_split(path) for path in files_in(files, dataset.FEEDBACK_FOLDER, leaving_out=batch_file(batch))]
     old = concat(read_base(files), *others, proposal_drawings(files, accepted - adding, judge=False))
     new = concat(read_batch(files, batch), proposal_drawings(files, adding, judge=False))
     return old, new
@@ -655,11 +657,11 @@ def decide(figures: dict, tolerance_points: float, bar: float = 0.0) -> Decision
 # --- register and promote ---------------------------------------------------------------------
 
 
-def register_candidate(
-    settings: Settings, run_id: str, trained: dict, dataset_version: str, figures: dict, choice: str = ""
-) -> dict:
+def register_candidate(settings: Settings, run_id: str, trained: dict, figures: dict, choice: str = "") -> dict:
     """Register the candidate as a new model version, once per Airflow run (a retry finds the first)."""
     from doodle_lib import tracking
+
+    dataset_version = trained["dataset_version"]  # the version it was trained on (`version` may have run again since)
 
     client = tracking.client(settings)
     # The version of this run and this trained model: a cleared and retrained `train` makes a new one.

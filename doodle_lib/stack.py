@@ -342,19 +342,20 @@ def pid_file(settings: Settings) -> Path:
     return settings.storage_dir / "stack.pid"
 
 
-def process_started(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch), or None when there is no such process."""
-    import psutil
-
+def process_identity(pid: int) -> str | None:
+    """Process `pid` as no later process with the same pid can be: this boot's id and its start in clock ticks since
+    boot (/proc; a wall-clock start time moves when the clock is stepped), or None when there is no such process."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return None
+    started = stat.rpartition(")")[2].split()[19]  # field 22 of proc(5); the fields after the name start at field 3
+    return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{started}"
 
 
 def write_pid_file(settings: Settings, honcho_pid: int) -> None:
-    """Record this `doodle stack up` with its start time: after a crash and a reboot, another process may get the pid."""
-    pid_file(settings).write_text(f"{os.getpid()} {honcho_pid} {process_started(os.getpid())!r}\n")
+    """Record this `doodle stack up` with its identity: after a crash and a reboot, another process may get the pid."""
+    pid_file(settings).write_text(f"{os.getpid()} {honcho_pid} {process_identity(os.getpid())}\n")
 
 
 def running_pid(settings: Settings) -> int | None:
@@ -363,10 +364,10 @@ def running_pid(settings: Settings) -> int | None:
     if not path.exists():
         return None
     fields = path.read_text().split()
-    if len(fields) != 3:  # cut short, or written by an older version: the port check after this still stops a second stack
-        return None
-    pid, started = int(fields[0]), float(fields[2])
-    return pid if process_started(pid) == started else None
+    pid = int(fields[0])
+    if len(fields) < 3:  # written by an older version, without the identity: any process with the pid counts
+        return pid if process_identity(pid) else None
+    return pid if process_identity(pid) == fields[2] else None
 
 
 def healthy(url: str) -> bool:
@@ -395,7 +396,8 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     env_file.unlink(missing_ok=True)  # made anew, readable by the owner only: it holds the stack's secrets
     with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
         handle.write("".join(f"{key}={value}\n" for key, value in environment(settings).items()))
-    adopt_orphans()
+    if not adopt_orphans():
+        echo("==> could not adopt the services (prctl failed): should honcho be killed, they may outlive it")
     names = [service.name for service in services(settings)]  # the Procfile's processes, each with a health check
     command = [str(VENV_BIN / "honcho"), "start", "--no-colour", "-f", str(PROCFILE), "-d", str(PROJECT_ROOT),
                "-e", str(env_file), *names]
@@ -417,12 +419,11 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
             ensure_first_model(settings, echo)
         if honcho.poll() is None:
             echo(banner(settings))
-        while True:
-            try:
-                return honcho.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                reap_orphans(honcho.pid)
+        # Adopted descendants that end are this process's to reap (nothing else waits for them); honcho is waited for.
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: reap_orphans(honcho.pid))
+        return honcho.wait()
     finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         stop_group(honcho)
         pid_file(settings).unlink(missing_ok=True)
 
@@ -443,12 +444,12 @@ def wait_until_ready(settings: Settings, honcho: subprocess.Popen, timeout: floa
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
-def adopt_orphans() -> None:
+def adopt_orphans() -> bool:
     """Become the parent of any descendant whose parent dies (Linux's child subreaper), instead of init: services
     that outlive a killed honcho are then still this process's children, for stop_group to find."""
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 def reap_orphans(keep: int) -> None:
@@ -468,6 +469,10 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
     service that ignored its signal, or, after adopt_orphans, one whose honcho was killed."""
     import psutil
 
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)  # in case adopting failed
+    except psutil.NoSuchProcess:
+        tree = []
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -475,7 +480,7 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    leftovers = psutil.Process().children(recursive=True)
+    leftovers = list({*tree, *psutil.Process().children(recursive=True)})
     for leftover in leftovers:
         try:
             leftover.terminate()

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import yaml
 
+from doodle_lib import atomic
+
 log = logging.getLogger(__name__)
 REMOTE_NAME = "storage"
+VERSIONING_LOCK = ".versioning.lock"  # in the project folder
 
 
 class VersioningError(RuntimeError):
@@ -37,9 +40,12 @@ def ensure_project(project: Path, remote: Path) -> None:
 
 def commit(project: Path, folder: str) -> str:
     """Version `folder` (relative to the project), push it to the remote and return its hash."""
-    dvc(project, "add", "--quiet", folder)
-    dvc(project, "push", "--quiet", f"{folder}.dvc")
-    return dataset_hash(project / f"{folder}.dvc")
+    # One commit at a time (both DAGs version the dataset): otherwise one could read the hash of the other's `add`
+    # before that version is pushed, and DVC's own lock gives up after a few seconds.
+    with atomic.exclusive(project / VERSIONING_LOCK):
+        dvc(project, "add", "--quiet", folder)
+        dvc(project, "push", "--quiet", f"{folder}.dvc")
+        return dataset_hash(project / f"{folder}.dvc")
 
 
 def dataset_hash(dvc_file: Path) -> str:

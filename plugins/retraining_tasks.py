@@ -34,7 +34,7 @@ def retraining_stages(
 ) -> None:
     """snapshot -> ingest -> version -> plan -> train and evaluate each candidate (mapped) -> choose -> register ->
     promote -> cleanup, after the task whose output is the drawing keys; `kinds` fixes the candidates' kinds. With
-    `needs_drawings`, a run whose snapshot finds none of its drawings left ends skipped instead of training."""
+    `needs_drawings`, a run left with no new drawing to train on (taken by others, or all rejected) ends skipped."""
 
     @task
     def snapshot(keys: list[str], run_id=None) -> dict:
@@ -47,7 +47,10 @@ def retraining_stages(
     @task
     def ingest(batch: dict) -> dict:
         from doodle_lib import retraining
-        return retraining.ingest(get_settings(), batch["batch"])
+        try:
+            return retraining.ingest(get_settings(), batch["batch"], allow_empty=not needs_drawings)
+        except retraining.NothingToTrain as nothing:
+            raise AirflowSkipException(str(nothing)) from None
 
     @task
     def version(ingested: dict) -> str:
@@ -80,9 +83,9 @@ def retraining_stages(
         return retraining.choose_candidate(get_settings(), evaluated[0]["trained"]["experiment"], evaluated)
 
     @mlflow_task
-    def register(chosen: dict, dataset_version: str, run_id=None) -> dict:
+    def register(chosen: dict, run_id=None) -> dict:
         from doodle_lib import retraining
-        return retraining.register_candidate(get_settings(), run_id, chosen["trained"], dataset_version, chosen["figures"], chosen["choice"])
+        return retraining.register_candidate(get_settings(), run_id, chosen["trained"], chosen["figures"], chosen["choice"])
 
     @task
     def promote(registered: dict, chosen: dict, params=None) -> dict:
@@ -101,5 +104,5 @@ def retraining_stages(
     candidates = plan(batch, dataset_version)
     trained = train.partial(batch=batch, dataset_version=dataset_version).expand(candidate=candidates)
     chosen = choose(evaluate.partial(batch=batch).expand(trained=trained))
-    promoted = promote(register(chosen, dataset_version), chosen)
+    promoted = promote(register(chosen), chosen)
     cleanup(batch, dataset_version, promoted)

@@ -32,7 +32,7 @@ def base_checkpoint(settings: Settings) -> Path:
     """A production-quality-for-tests model trained on the base data, cached by the code and data it came from."""
     from doodle_lib import dataset, model, training
 
-    split = dataset.load_training_data(settings.dataset_dir)
+    split = dataset.read_split(settings.dataset_dir / dataset.BASE_FILE)
     key = hashlib.sha256()
     for name in ("model.py", "training.py", "dataset.py"):
         key.update((PROJECT_ROOT / "doodle_lib" / name).read_bytes())

@@ -20,6 +20,12 @@ def save(settings, count: int, start: int = 0) -> list[str]:
     return keys
 
 
+def live_files(settings) -> dict:
+    """The dataset folder's files as they are now, in the form training reads a dataset version."""
+    folder = settings.dataset_dir
+    return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*.npz"))}
+
+
 @pytest.fixture
 def local(tmp_path, monkeypatch):
     """Settings on temporary folders, no MLflow needed."""
@@ -68,10 +74,33 @@ def test_snapshot_leaves_out_drawings_another_run_took_first(local):
 def test_a_snapshot_that_needs_drawings_and_finds_none_left_leaves_no_batch(local):
     counted = save(local, 3)
     feedback.move([feedback.DrawingRef.parse(key) for key in counted], local.feedback_dir, local.batches_dir / "weekly")
-    with pytest.raises(retraining.NothingToTrain, match="all taken by another run"):
+    with pytest.raises(retraining.NothingToTrain, match="another run or an operator"):
         retraining.snapshot(local, "run-1", counted, allow_empty=False)
     assert not (local.batches_dir / "run-1").exists()
     assert retraining.snapshot(local, "weekly-2", [])["count"] == 0  # the weekly DAG retrains on an empty batch too
+
+
+def test_a_retry_that_finds_nothing_left_removes_the_first_try_s_manifest(local):
+    counted = save(local, 2)
+    plan = {"run_id": "run-1", "keys": counted, "proposals": {}}  # the first try stopped after its manifest
+    atomic.write_bytes(local.batches_dir / "run-1" / retraining.MANIFEST, json.dumps(plan).encode())
+    feedback.move([feedback.DrawingRef.parse(key) for key in counted], local.feedback_dir, local.batches_dir / "weekly")
+    with pytest.raises(retraining.NothingToTrain, match="none of the 2 drawings"):
+        retraining.snapshot(local, "run-1", counted, allow_empty=False)
+    assert not (local.batches_dir / "run-1").exists()
+
+
+def test_a_batch_ingest_rejects_whole_leaves_nothing_to_train_on_only_when_drawings_are_needed(local):
+    keys = save(local, 4)
+    for name in ("run-1", "run-2"):
+        retraining.snapshot(local, name, keys[:2] if name == "run-1" else keys[2:])
+        for key in retraining.batch_keys(local, name):
+            ref = feedback.DrawingRef.parse(key)
+            (local.batches_dir / name / ref.category / f"{ref.id}.json").write_text(json.dumps({"label": "not its folder"}))
+    with pytest.raises(retraining.NothingToTrain, match="rejected all 2 drawings"):
+        retraining.ingest(local, "run-1", allow_empty=False)
+    assert not (local.batches_dir / "run-1").exists() and len(list((local.rejected_dir / "run-1").rglob("*.reason.txt"))) == 2
+    assert retraining.ingest(local, "run-2")["ingested"] == 0  # the weekly DAG goes on: it retrains on all data
 
 
 def test_a_retry_after_another_run_took_some_drawings_takes_the_rest(local):
@@ -118,12 +147,12 @@ def test_snapshot_takes_ready_proposals_and_ingest_holds_back_a_share_of_each(lo
     assert "hot air balloon" in proposals.names(local)  # its state stays: a failed attempt keeps collecting
 
     assert retraining.ingest(local, "run-1")["ingested"] == 13
-    assert sorted(retraining.read_batch(retraining.live_files(local), "run-1").y.tolist()) == sorted(k.split("/")[0] for k in counted)
+    assert sorted(retraining.read_batch(live_files(local), "run-1").y.tolist()) == sorted(k.split("/")[0] for k in counted)
     with np.load(retraining.proposals_file(local, "run-1")) as data:
         assert data["keys"].tolist() == ready and set(data["y"].tolist()) == {"hot air balloon"}
         assert data["held_back"].sum() == 2  # 20% of 10
     # Training sees the proposal's other drawings only while it is being added or once accepted, never its judges.
-    files = retraining.live_files(local)
+    files = live_files(local)
     old, new = retraining.training_parts(files, "run-1", accepted=set(), adding={"hot air balloon"})
     assert (new.y == "hot air balloon").sum() == 8 and "hot air balloon" not in old.y
     old, new = retraining.training_parts(files, "run-1", accepted=set(), adding=set())
@@ -160,7 +189,7 @@ def test_ingest_keeps_good_drawings_rerenders_a_broken_png_and_sets_bad_ones_asi
     result = retraining.ingest(local, "run-1")
 
     assert result["ingested"] == 3 and sorted(result["rejected"]) == sorted([mislabelled.key, blank.key])
-    split = retraining.read_batch(retraining.live_files(local), "run-1")
+    split = retraining.read_batch(live_files(local), "run-1")
     assert split.x.shape == (3, 28, 28) and split.x.dtype == np.uint8
     category, _, strokes = fixture_drawings()[0]
     assert (split.x[0] == strokes_to_bitmap(strokes, raw=False)).all()  # re-rendered from the strokes
@@ -298,7 +327,7 @@ def test_a_run_reads_its_dataset_version_not_batches_ingested_since(local):
     files = retraining.version_files(local, version)
     assert sorted(files) == ["base.npz", "feedback/run-1.npz"]
     old, new = retraining.training_parts(files, "run-1", accepted=set(), adding=set())
-    live_old, live_new = retraining.training_parts(retraining.live_files(local), "run-1", accepted=set(), adding=set())
+    live_old, live_new = retraining.training_parts(live_files(local), "run-1", accepted=set(), adding=set())
     assert len(new) == len(live_new) == 4
     assert len(old) == 40 and len(live_old) == 43  # the live folder has the weekly batch too
     assert len(retraining.scratch_training_data(files, set())) == 44
@@ -313,13 +342,17 @@ def test_train_evaluate_register_twice_gives_one_version(settings):
     retraining.snapshot(settings, "run-1", keys)
     retraining.ingest(settings, "run-1")
     version = retraining.version_dataset(settings)["dataset_version"]
+    retraining.snapshot(settings, "weekly", save(settings, 3, start=10))  # the other DAG ingests a batch meanwhile
+    retraining.ingest(settings, "weekly")
     [candidate] = retraining.plan_candidates({"epochs": 1})
     trained = retraining.train_candidate(settings, "run-1", "run-1", version, candidate)
     assert trained["kind"] == "scratch"  # fine-tuning asked for, but there is no production model yet
+    params = tracking.client(settings).get_run(trained["mlflow_run_id"]).data.params
+    assert (params["old_count"], params["feedback_count"]) == ("120", "4")  # the version's data, without "weekly"
     results = retraining.evaluate_candidate(settings, "run-1", trained)
     assert results["production"] is None and results["feedback_count"] == 4
-    first = retraining.register_candidate(settings, "run-1", trained, version, results)
-    second = retraining.register_candidate(settings, "run-1", trained, version, results)
+    first = retraining.register_candidate(settings, "run-1", trained, results)
+    second = retraining.register_candidate(settings, "run-1", trained, results)
     assert first == second
     promoted = retraining.promote_candidate(settings, first, results, 0.5, trained)
     assert promoted["promoted"] and "beats nothing" in promoted["reason"]
@@ -328,7 +361,7 @@ def test_train_evaluate_register_twice_gives_one_version(settings):
     assert production.tags["dataset_version"] == version
     assert retraining.promote_candidate(settings, first, results, 0.5)["promoted"]  # a retry of the same promotion
     # Another run's candidate, evaluated while there was no production model: production has moved since.
-    other = retraining.register_candidate(settings, "run-2", trained, version, results)
+    other = retraining.register_candidate(settings, "run-2", trained, results)
     late = retraining.promote_candidate(settings, other, results, 0.5)
     assert not late["promoted"] and "production moved from version None to " + first["version"] in late["reason"]
     assert tracking.production_version(settings).version == first["version"]

@@ -60,13 +60,18 @@ def test_a_pid_file_left_by_a_stack_that_died_does_not_block_the_next_start(sett
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
     stack.write_pid_file(settings, honcho_pid=1)
     assert stack.running_pid(settings) == os.getpid()
-    pid, honcho, started = stack.pid_file(settings).read_text().split()
-    stack.pid_file(settings).write_text(f"{pid} {honcho} {float(started) - 3600!r}\n")  # same pid, another process
+    pid, honcho, identity = stack.pid_file(settings).read_text().split()
+    boot, started = identity.split("/")
+    stack.pid_file(settings).write_text(f"{pid} {honcho} {boot}/{int(started) - 100}\n")  # same pid, another process
+    assert stack.running_pid(settings) is None
+    stack.pid_file(settings).write_text(f"{pid} {honcho} other-boot/{started}\n")
     assert stack.running_pid(settings) is None
     ended = subprocess.Popen(["true"])
     ended.wait()
-    stack.pid_file(settings).write_text(f"{ended.pid} {honcho} {started}\n")
+    stack.pid_file(settings).write_text(f"{ended.pid} {honcho} {identity}\n")
     assert stack.running_pid(settings) is None
+    stack.pid_file(settings).write_text(f"{pid} {honcho}\n")  # an older version's file, of a stack that runs
+    assert stack.running_pid(settings) == os.getpid()
 
 
 HONCHO_KILLED = """
@@ -100,3 +105,23 @@ def test_services_a_killed_honcho_leaves_behind_are_stopped_with_the_stack(adopt
         os.kill(pid, 9)
     assert len(result["services"]) == 2
     assert result["left"] == ([] if adopt else result["services"])  # without adopting, they outlive the stack
+
+
+ADOPTED_ZOMBIES = """
+import psutil, subprocess, time
+from doodle_lib import stack
+assert stack.adopt_orphans()
+subprocess.run(["sh", "-c", "sleep 0.2 </dev/null >/dev/null 2>&1 &"], check=True)  # its sleep is orphaned, then ends
+time.sleep(1)
+before = [p.status() for p in psutil.Process().children()]
+stack.reap_orphans(keep=-1)
+print(before, [p.status() for p in psutil.Process().children()])
+"""
+
+
+def test_adopted_descendants_that_end_are_reaped():
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ADOPTED_ZOMBIES], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['zombie']", "[]"]
