@@ -18,8 +18,9 @@ points) and better on the new feedback, and records why on the model version. Th
 only after the dataset version holding it is stored.
 
 Runs back to back (`@continuous`, one at a time); a run that finds too little feedback within
-`wait_minutes` ends skipped, and so does one whose counted drawings the weekly run took first. Trigger it by hand with the form. The train, choose and register tasks link
-to their MLflow runs and model version.
+`wait_minutes` ends skipped, and so does one left with no new drawing: the weekly run took the counted
+ones first, or ingest rejected every one. Trigger it by hand with the form. The train, choose and register
+tasks link to their MLflow runs and model version.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ SETTINGS = get_settings()
 )
 def retrain():
     counted = FeedbackSensor(task_id="wait_for_feedback", threshold="{{ params.threshold }}", wait_minutes="{{ params.wait_minutes }}", retries=0)
-    # The weekly DAG may take the counted drawings first: then there is nothing new to fine-tune on, and the run skips.
+    # With no new drawing to fine-tune on (the weekly DAG took the counted ones, or all were rejected) the run skips.
     retraining_stages(counted.output, needs_drawings=True)
 
 

@@ -190,6 +190,8 @@ def ingest(settings: Settings, batch: str, allow_empty: bool = True) -> dict:
     """Validate the batch's drawings and merge them into the data (proposed categories apart); bad ones go aside.
     Without `allow_empty`, a batch with no usable drawing raises NothingToTrain instead, and its folder goes."""
     folder = settings.batches_dir / batch
+    if not allow_empty and not folder.exists() and (settings.rejected_dir / batch).exists():  # a rerun of that case
+        raise NothingToTrain(f"ingest rejected every drawing of the batch: why is in {settings.rejected_dir / batch}")
     proposed = set(batch_proposals(settings, batch))
     good: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}  # by "is a proposal"
     rejected = []
@@ -204,7 +206,11 @@ def ingest(settings: Settings, batch: str, allow_empty: bool = True) -> dict:
         images, labels, keys = good[ref.category in proposed]
         images.append(image), labels.append(ref.category), keys.append(key)
     if not allow_empty and not good[False][0] and not good[True][0]:
-        shutil.rmtree(folder)  # every drawing of it has a copy in rejected/ with its reason
+        # Every drawing of it has a copy in rejected/ with its reason. Renamed first, so the batch is gone at once.
+        discarded = folder.with_name(f".{batch}.rejected")
+        shutil.rmtree(discarded, ignore_errors=True)
+        folder.rename(discarded)
+        shutil.rmtree(discarded)
         raise NothingToTrain(f"ingest rejected all {len(rejected)} drawings of the batch: why is in {settings.rejected_dir / batch}")
     images, labels, keys = good[False]
     if images:

@@ -355,19 +355,20 @@ def process_identity(pid: int) -> str | None:
 
 def write_pid_file(settings: Settings, honcho_pid: int) -> None:
     """Record this `doodle stack up` with its identity: after a crash and a reboot, another process may get the pid."""
-    pid_file(settings).write_text(f"{os.getpid()} {honcho_pid} {process_identity(os.getpid())}\n")
+    from doodle_lib import atomic  # here: the launchers that import this module do not need NumPy
+
+    atomic.write_bytes(pid_file(settings), f"{os.getpid()} {honcho_pid} {process_identity(os.getpid())}\n".encode())
 
 
 def running_pid(settings: Settings) -> int | None:
     """The pid of a running `doodle stack up`, or None (also when the pid file is left from one that died)."""
     path = pid_file(settings)
-    if not path.exists():
+    try:
+        pid, _, identity = path.read_text().split()
+        pid = int(pid)
+    except (FileNotFoundError, ValueError):  # none, or not one this version wrote: the port check still guards `up`
         return None
-    fields = path.read_text().split()
-    pid = int(fields[0])
-    if len(fields) < 3:  # written by an older version, without the identity: any process with the pid counts
-        return pid if process_identity(pid) else None
-    return pid if process_identity(pid) == fields[2] else None
+    return pid if process_identity(pid) == identity else None
 
 
 def healthy(url: str) -> bool:
@@ -420,7 +421,9 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
         if honcho.poll() is None:
             echo(banner(settings))
         # Adopted descendants that end are this process's to reap (nothing else waits for them); honcho is waited for.
+        # No other subprocess of this one runs from here on, so no Popen loses its child's status to the handler.
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: reap_orphans(honcho.pid))
+        reap_orphans(honcho.pid)  # those that ended during the start
         return honcho.wait()
     finally:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -456,11 +459,16 @@ def reap_orphans(keep: int) -> None:
     """Collect the exit status of adopted descendants that ended (nothing else waits for them), all but `keep`."""
     import psutil
 
-    for child in psutil.Process().children():
+    try:
+        children = psutil.Process().children()
+    except (psutil.Error, OSError) as problem:  # from a signal handler, an exception would stop the whole stack
+        print(f"could not list this process's children to reap them: {problem!r}", file=sys.stderr)
+        return
+    for child in children:
         try:
             if child.pid != keep and child.status() == psutil.STATUS_ZOMBIE:
                 os.waitpid(child.pid, os.WNOHANG)
-        except (psutil.NoSuchProcess, ChildProcessError):
+        except (psutil.Error, ChildProcessError):
             pass
 
 
@@ -481,18 +489,26 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     leftovers = list({*tree, *psutil.Process().children(recursive=True)})
-    for leftover in leftovers:
-        try:
-            leftover.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(leftovers, timeout=10)
-    for leftover in alive:
-        try:
-            leftover.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    for _ in range(3):  # again for what a leftover forked while it was being stopped
+        if not leftovers:
+            return
+        for leftover in leftovers:
+            _signal(leftover, signal.SIGTERM)
+        _, alive = psutil.wait_procs(leftovers, timeout=10)
+        for leftover in alive:
+            _signal(leftover, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+        leftovers = psutil.Process().children(recursive=True)
+
+
+def _signal(process, signum: int) -> None:
+    """Send a signal to a psutil.Process that may have ended meanwhile."""
+    import psutil
+
+    try:
+        process.send_signal(signum)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def banner(settings: Settings) -> str:

@@ -32,16 +32,17 @@ def ensure_project(project: Path, remote: Path) -> None:
     """Make `project` a DVC project with `remote` as its default remote (idempotent)."""
     project.mkdir(parents=True, exist_ok=True)
     remote.mkdir(parents=True, exist_ok=True)
-    if not (project / ".dvc").is_dir():
-        dvc(project, "init", "--no-scm", "--quiet")
-        dvc(project, "config", "core.analytics", "false")
-    dvc(project, "remote", "add", "--default", "--force", REMOTE_NAME, str(remote))
+    with atomic.exclusive(project / VERSIONING_LOCK):  # DVC rewrites its config in place: not while another reads it
+        if not (project / ".dvc").is_dir():
+            dvc(project, "init", "--no-scm", "--quiet")
+            dvc(project, "config", "core.analytics", "false")
+        dvc(project, "remote", "add", "--default", "--force", REMOTE_NAME, str(remote))
 
 
 def commit(project: Path, folder: str) -> str:
     """Version `folder` (relative to the project), push it to the remote and return its hash."""
-    # One commit at a time (both DAGs version the dataset): otherwise one could read the hash of the other's `add`
-    # before that version is pushed, and DVC's own lock gives up after a few seconds.
+    # One DVC command sequence at a time (both DAGs version the dataset): otherwise one could read the hash of the
+    # other's `add` before that version is pushed, and DVC's own lock gives up after a few seconds.
     with atomic.exclusive(project / VERSIONING_LOCK):
         dvc(project, "add", "--quiet", folder)
         dvc(project, "push", "--quiet", f"{folder}.dvc")
@@ -64,7 +65,8 @@ def checkout(project: Path, version: str, destination: str) -> Path:
     pointer = project / f"{destination}.dvc"
     pointer.parent.mkdir(parents=True, exist_ok=True)
     pointer.write_text(yaml.safe_dump({"outs": [{"md5": version, "path": Path(destination).name, "hash": "md5"}]}))
-    dvc(project, "pull", "--quiet", str(pointer.relative_to(project)))
+    with atomic.exclusive(project / VERSIONING_LOCK):
+        dvc(project, "pull", "--quiet", str(pointer.relative_to(project)))
     return target
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,21 @@ def test_a_run_whose_drawings_the_weekly_run_took_first_ends_skipped(dagbag, ret
     assert states.pop("wait_for_feedback") == "success" and set(states.values()) == {"skipped"}, states
     assert len(versions(settings)) == 1
     assert [folder.name for folder in settings.batches_dir.iterdir()] == ["weekly"]  # no empty batch left behind
+
+
+def test_a_run_whose_every_drawing_ingest_rejects_ends_skipped(dagbag, retrain_world):
+    settings = retrain_world
+    for key in world.save_feedback(settings, 30):
+        ref = feedback.DrawingRef.parse(key)
+        (settings.feedback_dir / ref.category / f"{ref.id}.json").write_text(json.dumps({"label": "not its folder"}))
+
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=30)
+
+    assert run.state == "success"
+    assert [states.pop(task) for task in ("wait_for_feedback", "snapshot")] == ["success", "success"]
+    assert set(states.values()) == {"skipped"}, states
+    assert len(versions(settings)) == 1 and not any(settings.batches_dir.iterdir())
+    assert len(list(settings.rejected_dir.rglob("*.reason.txt"))) == 30  # each one kept, with why
 
 
 def test_retried_snapshot_takes_exactly_the_counted_drawings(dagbag, retrain_world, monkeypatch):

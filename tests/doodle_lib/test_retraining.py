@@ -100,6 +100,9 @@ def test_a_batch_ingest_rejects_whole_leaves_nothing_to_train_on_only_when_drawi
     with pytest.raises(retraining.NothingToTrain, match="rejected all 2 drawings"):
         retraining.ingest(local, "run-1", allow_empty=False)
     assert not (local.batches_dir / "run-1").exists() and len(list((local.rejected_dir / "run-1").rglob("*.reason.txt"))) == 2
+    assert sorted(p.name for p in local.batches_dir.iterdir()) == ["run-2"]
+    with pytest.raises(retraining.NothingToTrain, match="rejected every drawing"):  # the task cleared and run again
+        retraining.ingest(local, "run-1", allow_empty=False)
     assert retraining.ingest(local, "run-2")["ingested"] == 0  # the weekly DAG goes on: it retrains on all data
 
 
