@@ -72,6 +72,8 @@ def train_base(settings: Settings, config, promote: bool = False, run_name: str 
     with tracking.training_run(settings, run_name, {"dataset_version": dataset_version, "kind": "scratch"}) as run_id:
         mlflow.log_params(config.params())
         mlflow.log_params({"dataset_version": dataset_version, "train_size": len(train_split)})
+        tracking.log_input(train_split, "training", "training", retraining.version_source(settings, dataset_version))
+        tracking.log_input(eval_split, "evaluation", "evaluation", settings.evaluation_path)
         model, _ = training.train(train_split, categories, config, on_epoch=tracking.log_epoch)
         evaluation = training.evaluate(model, eval_split)
         tracking.log_evaluation(evaluation, eval_split)

@@ -259,6 +259,11 @@ def version_files(settings: Settings, dataset_version: str) -> dict[str, Path]:
     return versioning.version_files(settings.dvc_remote_dir, dataset_version)
 
 
+def version_source(settings: Settings, dataset_version: str) -> Path:
+    """Where a dataset version's file listing lives in the DVC remote: the source MLflow records for its drawings."""
+    return versioning.stored_object(settings.dvc_remote_dir, dataset_version)
+
+
 def files_in(files: dict[str, Path], folder: str, leaving_out: str = "") -> list[Path]:
     """The .npz files of one subfolder (feedback, proposals), in name order, but the one named `leaving_out`."""
     return [
@@ -419,6 +424,9 @@ def train_candidate(
     with tracking.training_run(settings, f"{spec.name} {batch}", tags, parent_run_id) as mlflow_run_id:
         mlflow.log_params(config.params())
         mlflow.log_params({"dataset_version": dataset_version, "feedback_count": len(new), "old_count": len(old)})
+        source = version_source(settings, dataset_version)
+        tracking.log_input(new, "feedback", "training", source)
+        tracking.log_input(old, "replay" if production else "training", "training", source)
         if production:
             candidate_model, version = production
             mlflow.set_tag("base_version", version.version)
@@ -540,6 +548,7 @@ def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
         }
     tracking.client(settings)
     with mlflow.start_run(run_id=trained["mlflow_run_id"]):
+        tracking.log_input(evaluation_set, "evaluation", "evaluation", settings.evaluation_path)
         tracking.log_evaluation(full, evaluation_set)
         mlflow.log_metrics(flat_metrics(figures))
     log.info("evaluation: %s", json.dumps(figures))

@@ -1,4 +1,5 @@
 """The `doodle` command end to end on a temporary data dir, against the real MLflow server."""
+import json
 import os
 import re
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from doodle_lib import versioning
+from doodle_lib import tracking, versioning
 
 DOODLE = str(Path(sys.executable).parent / "doodle")
 
@@ -30,6 +31,10 @@ def test_prepare_train_evaluate_checkout(settings):
     trained = doodle("train", "--dry-run", "--promote", env=env)
     assert trained.returncode == 0, trained.stderr
     assert "version 1 (production)" in trained.stdout
+    run = tracking.client(settings).get_run(tracking.production_version(settings).run_id)
+    inputs = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
+    assert json.loads(inputs["training"].source)["uri"].endswith(dataset_version[2:])  # the version in the DVC remote
+    assert json.loads(inputs["evaluation"].profile)["features_shape"] == [600, 28, 28]
 
     evaluated = doodle("evaluate", env=env)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -354,6 +354,18 @@ def test_train_evaluate_register_twice_gives_one_version(settings):
     assert (params["old_count"], params["feedback_count"]) == ("120", "4")  # the version's data, without "weekly"
     results = retraining.evaluate_candidate(settings, "run-1", trained)
     assert results["production"] is None and results["feedback_count"] == 4
+    # MLflow records what the run read: the version's drawings from the DVC remote, the evaluation set, by content.
+    inputs = {(i.dataset.name, tags["mlflow.data.context"]): i.dataset
+              for i in tracking.client(settings).get_run(trained["mlflow_run_id"]).inputs.dataset_inputs
+              for tags in [{t.key: t.value for t in i.tags}]}
+    assert set(inputs) == {("feedback", "training"), ("training", "training"), ("evaluation", "evaluation")}
+    assert json.loads(inputs["training", "training"].source)["uri"].endswith(version[2:])
+    assert json.loads(inputs["feedback", "training"].profile)["features_shape"] == [4, 28, 28]
+    evaluation_set = dataset.read_split(settings.evaluation_path)
+    assert inputs["evaluation", "evaluation"].digest == tracking.split_digest(evaluation_set)
+    changed = evaluation_set.x.copy()
+    changed[-1, -1, -1] ^= 1  # one pixel of the last drawing, far past the first 10,000 values MLflow's digest reads
+    assert tracking.split_digest(dataset.Split(changed, evaluation_set.y)) != inputs["evaluation", "evaluation"].digest
     first = retraining.register_candidate(settings, "run-1", trained, results)
     second = retraining.register_candidate(settings, "run-1", trained, results)
     assert first == second
