@@ -29,6 +29,6 @@ USER 50000:0
 EXPOSE 5000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4)"]
-# Every option comes from an MLFLOW_* variable above or from compose; the backend store URI carries
-# the database password, so it has no default: without it the server would quietly use SQLite.
-CMD ["sh", "-c", "exec mlflow server --backend-store-uri \"${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI to the PostgreSQL URI}\""]
+# Every option comes from an MLFLOW_* variable above or from compose; the script checks the two that have no default.
+COPY --chmod=755 docker/mlflow-start.sh /usr/local/bin/mlflow-start
+CMD ["mlflow-start"]

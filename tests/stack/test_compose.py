@@ -209,7 +209,9 @@ def test_airflow_init_gets_every_variable_it_requires(services):
 
 def test_mlflow_gets_its_backend_store(services):
     dockerfile = Dockerfile.read(PROJECT_ROOT / "docker" / "mlflow.Dockerfile")
-    needed = set(re.findall(r"\$\{(\w+):\?", dockerfile.all("CMD", -1)[0]))
+    start = (PROJECT_ROOT / "docker" / "mlflow-start.sh").read_text()
+    needed = set(re.findall(r"\$\{(\w+):\?", start)) | set(re.findall(r'os\.environ\["(\w+)"\]', start))
+    assert dockerfile.all("CMD", -1) == ['["mlflow-start"]']
     env = {**dockerfile.env(), **environment(services["mlflow"])}
     assert needed and needed <= env.keys()
     # The driver the live test (test_celery_scale_out.py) proves: the image has psycopg2, and MLflow 3.17 fails on psycopg 3.

@@ -229,3 +229,30 @@ def test_airflow_init_migrates_and_writes_the_password_file(tmp_path):
 def test_healthcheck_refuses_an_unknown_component():
     result = subprocess.run(["bash", str(DOCKER / "airflow-healthcheck.sh"), "nonsense"], capture_output=True, text=True)
     assert result.returncode == 1 and "unknown component 'nonsense'" in result.stderr
+
+
+def run_mlflow_start(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """docker/mlflow-start.sh with only `env` (and this venv's python on PATH); mlflow is a stub that records."""
+    stub = tmp_path / "bin"
+    stub.mkdir(exist_ok=True)
+    (stub / "mlflow").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/mlflow-calls\n")
+    (stub / "mlflow").chmod(0o755)
+    path = f"{stub}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    return subprocess.run(["bash", str(DOCKER / "mlflow-start.sh")], env={"PATH": path, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_mlflow_start_refuses_a_missing_store_and_a_malformed_webhook_key(tmp_path):
+    from cryptography.fernet import Fernet
+
+    store = "postgresql+psycopg2://mlflow:pw@postgres:5432/mlflow"
+    missing = run_mlflow_start(tmp_path, MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode())
+    assert missing.returncode != 0 and "set MLFLOW_BACKEND_STORE_URI" in missing.stderr
+    for key in ({}, {"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "not-a-key"}):
+        refused = run_mlflow_start(tmp_path, MLFLOW_BACKEND_STORE_URI=store, **key)
+        assert refused.returncode == 1 and "MLFLOW_WEBHOOK_ENCRYPTION_KEY in .env) is not set or not a Fernet key" in refused.stderr
+    assert not (tmp_path / "mlflow-calls").exists(), "the server may not start with a key it cannot use"
+    started = run_mlflow_start(tmp_path, MLFLOW_BACKEND_STORE_URI=store,
+                               MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode())
+    assert started.returncode == 0, started.stderr
+    assert (tmp_path / "mlflow-calls").read_text() == f"server --backend-store-uri {store}\n"
