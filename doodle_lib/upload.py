@@ -10,6 +10,9 @@ from doodle_lib.drawing import BOX, LINE_WIDTH, PADDING, SIDE, DrawingError
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096
+# Larger images are shrunk to this many pixels by Pillow before any NumPy copy, each copy being 4 bytes a pixel: the
+# drawing ends up 26 pixels wide anyway.
+WORKING_PIXELS = 2048 * 2048
 INK_THRESHOLD = 8  # a pixel this far from the background counts as ink
 # The renderer maps the 256-unit box plus half a line on each side into this many pixels;
 # antialiasing touches one more pixel at the edges, which a crop of the ink includes.
@@ -47,14 +50,24 @@ def _grayscale(image) -> np.ndarray:
     from PIL import Image
 
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255
-        gray = np.asarray(rgba.convert("L"), dtype=np.float64)
+        rgba = _shrunk(image.convert("RGBA"))
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+        gray = np.asarray(rgba.convert("L"), dtype=np.float32)
         # Transparent drawings are ink on nothing: put the ink on a background of the other extreme.
         ink_is_dark = (gray * alpha).sum() < (255 * alpha).sum() / 2
         background = 255.0 if ink_is_dark else 0.0
         return gray * alpha + background * (1 - alpha)
-    return np.asarray(image.convert("L"), dtype=np.float64)
+    return np.asarray(_shrunk(image.convert("L")), dtype=np.float32)
+
+
+def _shrunk(image):
+    """The image with at most WORKING_PIXELS pixels, its aspect kept (box filter: each pixel the mean of its area)."""
+    from PIL import Image
+
+    factor = (image.width * image.height / WORKING_PIXELS) ** 0.5
+    if factor <= 1:
+        return image
+    return image.resize((max(1, round(image.width / factor)), max(1, round(image.height / factor))), Image.BOX)
 
 
 def _normalise(gray: np.ndarray) -> np.ndarray:
@@ -69,14 +82,20 @@ def _normalise(gray: np.ndarray) -> np.ndarray:
     if len(ink) == 0:
         raise DrawingError("the image holds no drawing: it is blank")
     (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0) + 1
-    crop = gray[top:bottom, left:right]
-    side = max(crop.shape)
-    square = np.zeros((side, side))
-    oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
-    square[oy : oy + crop.shape[0], ox : ox + crop.shape[1]] = crop
+    crop = Image.fromarray(gray[top:bottom, left:right].astype(np.uint8))
     size = max(1, round(DRAWING_SIDE))
-    scaled = Image.fromarray(square.astype(np.uint8)).resize((size, size), Image.BOX if side > size else Image.BILINEAR)
+    # A crop many times the target size is first reduced by a whole factor (exact means of k x k blocks), so that the
+    # square around it stays small: for a long thin image that square would not fit in memory.
+    factor = max(crop.size) // (8 * size)
+    if factor > 1:
+        crop = crop.reduce(factor)
+    side = max(crop.size)
+    square = Image.new("L", (side, side))
+    square.paste(crop, ((side - crop.width) // 2, (side - crop.height) // 2))
+    scaled = square.resize((size, size), Image.BOX if side > size else Image.BILINEAR)
     bitmap = np.zeros((SIDE, SIDE), dtype=np.uint8)
     offset = (SIDE - size) // 2
     bitmap[offset : offset + size, offset : offset + size] = np.asarray(scaled)
+    if not bitmap.any():
+        raise DrawingError("the drawing vanishes at 28x28: its ink is far thinner than it is long")
     return bitmap

@@ -3,7 +3,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from doodle_lib.drawing import DrawingError, render, validate_strokes
 from doodle_lib.upload import MAX_BYTES, image_to_bitmap
@@ -71,3 +71,28 @@ def test_a_huge_image_is_refused_before_decoding():
     Image.new("L", (5000, 5000)).save(buffer, format="PNG")  # compresses to a few KB
     with pytest.raises(DrawingError, match="too large"):
         image_to_bitmap(buffer.getvalue())
+
+
+@pytest.mark.parametrize("size,vanishes", [((1_000_000, 3), True), ((3, 40_000), True), ((4000, 4000), False)])
+def test_long_thin_and_large_images_cost_little_memory(size, vanishes):
+    import tracemalloc
+
+    image = Image.new("L", size, 255)
+    width, height = size
+    # Dark ink along the image's length: a line as wide as a tenth of the short side.
+    ImageDraw.Draw(image).line([(0, height // 2), (width - 1, height // 2)] if width > height else
+                               [(width // 2, 0), (width // 2, height - 1)], fill=0, width=max(1, min(size) // 10))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    tracemalloc.start()
+    try:
+        if vanishes:  # scaled to 26 pixels long, a line 1/333,333 as thin as it is long is far below one pixel
+            with pytest.raises(DrawingError, match="vanishes at 28x28"):
+                image_to_bitmap(buffer.getvalue())
+        else:
+            assert image_to_bitmap(buffer.getvalue())[2:-2, 13:15].all()  # the line, white on black, down the middle
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Before: the square around the ink had the longest side (1,000,000 x 3: 7.3 TiB of floats asked for).
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB of arrays for a {width}x{height} image"
