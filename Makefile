@@ -4,9 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Where torch comes from: pip's own sources unless set. PyPI's Linux wheel of torch is the CUDA build (several GB of
-# CUDA packages); `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU build instead.
-TORCH_INDEX ?=
+# Where torch comes from: PyTorch's CPU index, as in the images, because PyPI's Linux wheel of torch is the CUDA build
+# (several GB of CUDA packages). `make install TORCH_INDEX=` leaves it to pip's own sources (a mirror, local wheels);
+# pip's configured find-links and extra indexes count either way.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install up down status lock test test-fast clean-venv
 

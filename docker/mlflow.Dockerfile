@@ -8,7 +8,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements/lock.txt /tmp/requirements/lock.txt
 # The locked versions, so the server speaks the same MLflow as its clients; the binary psycopg2 needs no compiler.
-RUN pip install mlflow psycopg2-binary -c /tmp/requirements/lock.txt
+# MLFLOW_EXPOSE_PROMETHEUS (below) makes the server import prometheus_flask_exporter, which only mlflow[extras] brings.
+RUN pip install mlflow psycopg2-binary prometheus-flask-exporter -c /tmp/requirements/lock.txt
 
 FROM python:3.11.14-slim
 RUN useradd --uid 50000 --gid 0 --home-dir /opt/doodle --no-create-home --shell /usr/sbin/nologin mlflow \

@@ -1,7 +1,11 @@
 """docker-compose.yaml validated without a Docker engine: structure, health, ports, volumes, settings, secrets."""
 from __future__ import annotations
 
+import ctypes
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -205,6 +209,63 @@ def test_airflow_init_gets_every_variable_it_requires(services):
     env = {**Dockerfile.read(PROJECT_ROOT / "docker" / "airflow.Dockerfile").env(), **environment(services["airflow-init"])}
     assert required and not set(required) - env.keys(), f"airflow-init lacks {set(required) - env.keys()}"
     assert "DOODLE_DATA_DIR" in env and "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in env
+
+
+def test_a_training_task_takes_one_core():
+    """A worker runs AIRFLOW_WORKER_CONCURRENCY tasks at once; torch_threads 0 (the settings' default) would let each
+    training task's torch take every core."""
+    for env in (required_secrets_only(), filled_env()):
+        worker = environment(compose(env)["services"]["airflow-worker"])
+        [variable] = settings_variables()["torch_threads"]
+        assert Settings(torch_threads=worker[variable]).torch_threads == 1, f"{variable}={worker[variable]!r}"
+
+
+# The live check stands a file the process may not write in for the read-only mount: open(..., "a+") fails either way
+# (EACCES instead of EROFS). Root writes through file modes, so the child loses that power (CAP_DAC_OVERRIDE) first.
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE = 24, 1
+
+
+def without_permission_override() -> None:
+    if os.geteuid() == 0 and ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+SIMPLE_AUTH_MANAGER_START = """
+import os, sys, traceback
+from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+SimpleAuthManager().init()  # the file as airflow-init writes it, writable: starts
+os.chmod(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"], 0o400)
+try:
+    SimpleAuthManager().init()
+except OSError as error:
+    sys.exit(f"{type(error).__name__} in {traceback.extract_tb(error.__traceback__)[-1].name}()")
+"""
+
+
+def test_the_api_server_can_write_the_simple_auth_managers_password_file(services, tmp_path):
+    """SimpleAuthManager.init(), which the api-server runs at start, opens the passwords file with "a+" and catches
+    only BlockingIOError: on a read-only mount the open fails with EROFS and the api-server exits."""
+    from airflow.configuration import conf
+
+    runs_simple_auth = {name for name, s in services.items() if built_from(s, "airflow") and s["command"] == "api-server"
+                        and "AIRFLOW__CORE__AUTH_MANAGER" not in environment(s)}
+    assert conf.get_default_value("core", "auth_manager").endswith(".SimpleAuthManager") and runs_simple_auth
+    for name in runs_simple_auth:
+        folder = os.path.dirname(environment(services[name])["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+        mounts = [v.split(":") for v in services[name]["volumes"] if v.split(":")[1] == folder]
+        assert mounts, f"{name} does not mount {folder}, where airflow-init writes the passwords"
+        options = mounts[0][2].split(",") if len(mounts[0]) > 2 else []  # SOURCE:TARGET[:OPTIONS]
+        assert "ro" not in options, f"{name} mounts {folder} read-only"
+
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text('{"admin": "Wq7Zr4Lx9-pass"}\n')  # what airflow-init writes
+    passwords.chmod(0o600)
+    env = {"PATH": os.environ["PATH"], "AIRFLOW_HOME": str(tmp_path / "home"),
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)}
+    result = subprocess.run([sys.executable, "-c", SIMPLE_AUTH_MANAGER_START], env=env, capture_output=True,
+                            text=True, timeout=120, preexec_fn=without_permission_override)
+    assert result.returncode == 1 and result.stderr.endswith("PermissionError in init()\n"), result.stderr[-2000:]
 
 
 def test_mlflow_gets_its_backend_store(services):

@@ -76,6 +76,32 @@ def test_torch_is_the_locked_cpu_build_installed_first(name):
     assert all("-c " in part and "lock.txt" in part for part in installs[1:]), f"{name}: later installs not locked"
 
 
+def make_install_commands() -> list[str]:
+    """The commands `make install` runs on a fresh clone (make's dry run; TORCH_INDEX as the Makefile sets it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_INDEX", "PYTHON", "MAKEFLAGS")}
+    return subprocess.run(["make", "--dry-run", "--always-make", "install"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+
+
+def test_make_install_takes_torch_from_the_images_cpu_index():
+    """PyPI's Linux wheel of torch is the CUDA build: `make install` (so `make up`, `make test` and CI) takes the CPU
+    build from the index the images use."""
+    image = [r for r in Dockerfile.read(DOCKER / "airflow.Dockerfile").all("RUN") if "torch==" in r][0]
+    index = re.search(r"--index-url (\S+)", image)[1]
+    [torch] = [c for c in make_install_commands() if "pip install" in c and "torch==" in c]
+    assert f"torch=={LOCKED['torch']}" in torch and f"--index-url {index}" in torch, torch
+
+
+def test_ci_installs_what_make_install_needs_on_debian():
+    """Debian splits the venv module and the headers (for doodle_lib/_simplify.c) out of its python3.11 package."""
+    [create] = [c for c in make_install_commands() if " -m venv " in c]
+    python = create.split("||")[-1].split()[0]
+    script = (PROJECT_ROOT / ".ci" / "run").read_text()
+    packages = set(re.search(r"^packages=\(([^)]*)\)", script, re.MULTILINE)[1].split())
+    needed = {"make", f"{python}-venv", f"{python}-dev", "gcc", "libc6-dev"}
+    assert needed <= packages, f".ci/run does not install {sorted(needed - packages)}"
+
+
 def test_webapp_requirements_are_all_locked():
     names = [re.split(r"[=<>\[ ]", line)[0] for line in (DOCKER / "webapp-requirements.in").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
@@ -95,6 +121,61 @@ def test_project_metadata_lists_base_in_and_every_direct_dependency_is_locked():
     names = [re.split(r"[=<>\[ ]", line)[0] for line in base + requirement_lines(requirements / "dev.in")]
     unlocked = [n for n in names if re.sub(r"[-_.]+", "-", n).lower() not in LOCKED]
     assert not unlocked, f"not in requirements/lock.txt: {unlocked}"
+
+
+def pip_requirements(command: str) -> list[str]:
+    """The requirements a `pip install` command names, its options and their arguments left out."""
+    words = command.split("pip install", 1)[1].split()
+    takes_argument = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url", "--extra-index-url"}
+    return [w for i, w in enumerate(words) if not w.startswith("-") and (i == 0 or words[i - 1] not in takes_argument)]
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions pip installs for `requirements` without extras, read from this venv's metadata (the image
+    installs the same locked versions on the same Python)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[str] = set()
+    pending = [Requirement(r) for r in requirements]
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found:
+            continue
+        found.add(name)
+        for dependency in map(Requirement, metadata.requires(name) or []):
+            if dependency.marker is None or dependency.marker.evaluate({"extra": ""}):
+                pending.append(dependency)
+    return found
+
+
+def test_mlflow_image_installs_what_its_prometheus_exporter_imports():
+    """MLFLOW_EXPOSE_PROMETHEUS makes `mlflow server` import mlflow.server.prometheus_exporter, whose third-party
+    imports (prometheus_flask_exporter) come only with mlflow's "extras": missing, the server dies at start."""
+    import ast
+    import importlib.util
+    from importlib import metadata
+
+    from mlflow.cli import server
+    from packaging.utils import canonicalize_name
+
+    dockerfile = Dockerfile.read(DOCKER / "mlflow.Dockerfile")
+    [option] = [p for p in server.params if p.name == "expose_prometheus"]
+    assert dockerfile.env().get(option.envvar), f"the image no longer sets {option.envvar}: this test checks nothing"
+    exporter = Path(importlib.util.find_spec("mlflow.server.prometheus_exporter").origin)
+    nodes = list(ast.walk(ast.parse(exporter.read_text())))
+    modules = {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    third_party = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names) - {"mlflow"}
+    distributions = metadata.packages_distributions()
+    needed = {canonicalize_name(d) for module in third_party for d in distributions[module]}
+    assert needed, f"found no third-party import in {exporter}"
+    [install] = [run for run in dockerfile.all("RUN", 0) if "pip install" in run]
+    missing = needed - installed_closure(pip_requirements(install))
+    assert not missing, f"mlflow.Dockerfile: {option.envvar} is set but `{install}` does not install {sorted(missing)}"
 
 
 @pytest.mark.parametrize("name", ["airflow", "webapp"])
