@@ -34,10 +34,11 @@ ACTIONS = ["list", "approve", "rename", "merge", "reject"]  # doodle_lib.proposa
 def manage_proposals():
     @task
     def apply(params=None) -> dict:
-        from doodle_lib import proposals, retraining
+        from doodle_lib import dataset, proposals, retraining
 
         settings = get_settings()
-        known = retraining.production_categories(settings)
+        # As the web app and the CLI offer them: the base data's categories while no model is in production.
+        known = retraining.production_categories(settings) or dataset.categories_in(settings.sample_dir)
         return proposals.apply(settings, params["action"], params["name"], params["to"], params["reason"], known)
 
     apply()

@@ -47,7 +47,7 @@ SETTINGS = get_settings()
     params={
         "threshold": Param(SETTINGS.feedback_threshold, type="integer", minimum=1, maximum=100_000, description="Complete drawings that start the run."),
         "wait_minutes": Param(SETTINGS.feedback_wait_minutes, type="number", minimum=0, maximum=1440, description="How long to wait for them before the run ends skipped (0: look once)."),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, description=f"Training epochs; empty: {SETTINGS.fine_tune_epochs} to fine-tune, {SETTINGS.retrain_epochs} from scratch."),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, description=f"Training epochs; empty: {SETTINGS.fine_tune_epochs} to fine-tune ({SETTINGS.new_category_epochs} when adding a category), {SETTINGS.retrain_epochs} from scratch."),
         **candidate_params(SETTINGS, kinds=True),
     },
 )

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from doodle_lib import dataset, versioning
+from doodle_lib.retraining import DATASET_FOLDER
 from doodle_lib.settings import Settings
 
 log = logging.getLogger(__name__)
-DATASET_FOLDER = "dataset"  # the DVC-tracked folder inside the data dir
 
 
 @dataclass

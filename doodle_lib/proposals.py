@@ -139,11 +139,6 @@ def drawings(settings: Settings, name: str) -> list[feedback.DrawingRef]:
     return [ref for ref in feedback.complete(settings.proposals_dir) if ref.category == name]
 
 
-def bitmaps(settings: Settings, refs: list[feedback.DrawingRef]) -> np.ndarray:
-    """The 28x28 bitmaps of proposal drawings as one (N, 28, 28) uint8 array."""
-    return np.array([feedback.read(settings.proposals_dir, ref)[0] for ref in refs], dtype=np.uint8).reshape(-1, 28, 28)
-
-
 def list_all(settings: Settings) -> list[Proposal]:
     """Every proposal, most drawings first."""
     counts: dict[str, int] = {}

@@ -33,6 +33,7 @@ DATASET_FOLDER = "dataset"  # the DVC-tracked folder inside the data dir
 PROPOSALS_FOLDER = "proposals"  # inside the dataset folder: drawings of proposed categories, one .npz per batch
 MANIFEST = "manifest.json"  # inside a batch folder: the drawings the run took
 CANDIDATE = "candidate.pt"  # inside runs/<batch>/: the trained candidate's checkpoint
+PROMOTION_LOCK = ".promotion.lock"  # in the data folder: one promotion at a time
 STATS_PREFIX = "doodle.retrain"
 
 
@@ -65,6 +66,10 @@ class NothingToTrain(Exception):
     """A run that needs new drawings has none: others took what it counted, or ingest rejected every one."""
 
 
+class RunFinished(Exception):
+    """A snapshot asked of a run whose batch is already in the dataset: it cannot be taken again."""
+
+
 def snapshot(settings: Settings, run_id: str, keys: list[str], allow_empty: bool = True) -> dict:
     """Move the counted drawings and every ready proposal's into the run's batch folder; a retry finishes the same move.
 
@@ -75,6 +80,11 @@ def snapshot(settings: Settings, run_id: str, keys: list[str], allow_empty: bool
     with feedback.moves_lock(settings.data_dir):
         if (folder / MANIFEST).exists():  # a retry: the first try wrote down what it takes before moving anything
             plan = json.loads((folder / MANIFEST).read_text())
+        elif feedback_file(settings, batch).exists() or proposals_file(settings, batch).exists():
+            # The run finished and `cleanup` removed the batch: taking new drawings under its name would overwrite
+            # the batch's dataset file, and with it drawings that only that file still holds.
+            raise RunFinished(f"batch {batch} was ingested and cleaned up by an earlier try of this run: trigger a "
+                              "new run to train on newer drawings")
         else:
             taken = {
                 proposal.name: [ref.key for ref in proposals.drawings(settings, proposal.name)]
@@ -425,14 +435,15 @@ def train_candidate(
         mlflow.log_params(config.params())
         mlflow.log_params({"dataset_version": dataset_version, "feedback_count": len(new), "old_count": len(old)})
         source = version_source(settings, dataset_version)
-        tracking.log_input(new, "feedback", "training", source)
-        tracking.log_input(old, "replay" if production else "training", "training", source)
         if production:
             candidate_model, version = production
             mlflow.set_tag("base_version", version.version)
+            tracking.log_input(new, "feedback", "training", source)
+            tracking.log_input(old, "replay", "training", source)
             training.fine_tune(candidate_model, new, old, config, on_epoch=tracking.log_epoch)
         else:
             everything = dataset.Split(np.concatenate([old.x, new.x]), np.concatenate([old.y, new.y]))
+            tracking.log_input(everything, "training", "training", source)
             categories = sorted(np.unique(everything.y).tolist())
             candidate_model, _ = training.train(everything, categories, config, on_epoch=tracking.log_epoch)
         seconds = time.monotonic() - started
@@ -445,7 +456,8 @@ def train_candidate(
     return {
         "candidate": spec.name,
         "dataset_version": dataset_version,
-        "new_categories": sorted(adding),
+        # Only those it learned: a proposal whose every drawing ingest rejected is in `adding` but not in the model.
+        "new_categories": sorted(adding & set(candidate_model.categories)),
         "mlflow_run_id": mlflow_run_id,
         "model_uri": model_uri,
         "kind": kind,
@@ -536,6 +548,9 @@ def evaluate_candidate(settings: Settings, batch: str, trained: dict) -> dict:
         model, version = production
         figures["production"] = {"eval": score(model, evaluation_set), "feedback": score(model, new)}
         figures["production_version"] = version.version
+        # A from-scratch candidate learns the categories production had when it started training: one the other DAG
+        # added since is missing from it, and the evaluation set (which lacks added categories) would not show it.
+        figures["dropped_categories"] = sorted(set(model.categories) - set(candidate.categories))
     judged = set(candidate.categories) - set(np.unique(evaluation_set.y).tolist())
     held = proposal_drawings(files, judged, judge=True)
     for category in sorted(judged):
@@ -646,6 +661,9 @@ def decide(figures: dict, tolerance_points: float, bar: float = 0.0) -> Decision
         numbers += f"; {judged}"
     if weak:
         return Decision(False, f"not promoted: does not recognise {', '.join(map(repr, weak))} well enough; {numbers}")
+    if figures.get("dropped_categories"):
+        dropped = ", ".join(map(repr, figures["dropped_categories"]))
+        return Decision(False, f"not promoted: lacks categories production serves: {dropped}; {numbers}")
     c_new, p_new = candidate["feedback"], production["feedback"]
     if figures.get("new_categories"):  # what the run adds is checked on held-back drawings above
         better = True
@@ -728,24 +746,27 @@ def promote_candidate(
     from doodle_lib import tracking
 
     version = registered["version"]
-    live = tracking.production_version(settings)
-    live = None if live is None else str(live.version)
-    compared = None if figures.get("production_version") is None else str(figures["production_version"])
-    if live not in (compared, str(version)):  # the other DAG promoted meanwhile (this version itself: a retry)
-        decision = Decision(False, f"not promoted: production moved from version {compared} to {live} after this "
-                                   "candidate was evaluated; the next run compares against the new one")
-    else:
-        decision = decide(figures, tolerance_points, settings.new_category_bar if bar is None else bar)
-    client = tracking.client(settings)
-    client.set_model_version_tag(settings.model_name, version, "promotion", decision.reason)
-    client.set_model_version_tag(settings.model_name, version, "promoted", str(decision.promote).lower())
-    client.set_model_version_tag(settings.model_name, version, "gate_figures", json.dumps(figures))
-    current = client.get_model_version(settings.model_name, version)
-    description = (current.description or "").split("\nGate: ")[0]
-    client.update_model_version(settings.model_name, version, description=f"{description}\nGate: {decision.reason}")
-    if decision.promote:
-        tracking.set_production(settings, version)
-        close_proposals(settings, figures.get("new_categories", []))
+    # Reading production, judging and moving the alias are one step: two runs promoting at once would otherwise both
+    # pass the gate against the same production, and the later would replace the earlier without being compared to it.
+    with atomic.exclusive(settings.data_dir / PROMOTION_LOCK):
+        live = tracking.production_version(settings)
+        live = None if live is None else str(live.version)
+        compared = None if figures.get("production_version") is None else str(figures["production_version"])
+        if live not in (compared, str(version)):  # the other DAG promoted meanwhile (this version itself: a retry)
+            decision = Decision(False, f"not promoted: production moved from version {compared} to {live} after this "
+                                       "candidate was evaluated; the next run compares against the new one")
+        else:
+            decision = decide(figures, tolerance_points, settings.new_category_bar if bar is None else bar)
+        client = tracking.client(settings)
+        client.set_model_version_tag(settings.model_name, version, "promotion", decision.reason)
+        client.set_model_version_tag(settings.model_name, version, "promoted", str(decision.promote).lower())
+        client.set_model_version_tag(settings.model_name, version, "gate_figures", json.dumps(figures))
+        current = client.get_model_version(settings.model_name, version)
+        description = (current.description or "").split("\nGate: ")[0]
+        client.update_model_version(settings.model_name, version, description=f"{description}\nGate: {decision.reason}")
+        if decision.promote:
+            tracking.set_production(settings, version)
+            close_proposals(settings, figures.get("new_categories", []))
     log.info("version %s: %s", version, decision.reason)
     if trained:
         with mlflow.start_run(run_id=trained["mlflow_run_id"]):

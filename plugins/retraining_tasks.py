@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from mlflow_link import mlflow_task
 
 from doodle_lib.settings import Settings, get_settings
@@ -37,12 +37,20 @@ def retraining_stages(
     `needs_drawings`, a run left with no new drawing to train on (taken by others, or all rejected) ends skipped."""
 
     @task
-    def snapshot(keys: list[str], run_id=None) -> dict:
+    def snapshot(keys: list[str], run_id=None, params=None) -> dict:
         from doodle_lib import retraining
+        try:
+            # The form's grid is checked before any drawing moves: `plan` refusing it later would leave the batch in
+            # the dataset, never judged by a gate.
+            retraining.plan_candidates(params, kinds)
+        except ValueError as problem:
+            raise AirflowFailException(f"the run's parameters: {problem}") from None
         try:
             return retraining.snapshot(get_settings(), run_id, keys, allow_empty=not needs_drawings)
         except retraining.NothingToTrain as nothing:
             raise AirflowSkipException(str(nothing)) from None
+        except retraining.RunFinished as finished:
+            raise AirflowFailException(str(finished)) from None
 
     @task
     def ingest(batch: dict) -> dict:

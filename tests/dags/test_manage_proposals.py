@@ -41,3 +41,11 @@ def test_a_refused_operation_fails_the_task_and_changes_nothing(dagbag, settings
     run, states = run_dag(dagbag.get_dag("manage_proposals"), action="rename", name="kite", to="../etc")
     assert states == {"apply": "failed"}
     assert [(p.name, p.count) for p in proposals.list_all(settings)] == [("kite", 2)]
+
+
+def test_merge_into_a_base_category_while_no_model_is_in_production(dagbag, settings):
+    """The categories the web app and the CLI offer before a first model is promoted: the base data's."""
+    propose(settings, "kitty", 2)
+    run, states = run_dag(dagbag.get_dag("manage_proposals"), action="merge", name="kitty", to="cat")
+    assert states == {"apply": "success"}
+    assert proposals.names(settings) == [] and len(list((settings.feedback_dir / "cat").glob("*.png"))) == 2

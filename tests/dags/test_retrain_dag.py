@@ -40,6 +40,9 @@ def test_enough_good_feedback_is_promoted_and_its_dataset_checks_out(dagbag, ret
     assert tags["airflow_run_id"] == run.run_id and tags["kind"] == "fine-tune"
     assert tags["dataset_version"] == versioning.dataset_hash(settings.data_dir / "dataset.dvc")
     assert "production" in tags["promotion"] and "candidate" in tags["promotion"]
+    inputs = {i.dataset.name: i.dataset for i in tracking.client(settings).get_run(production.run_id).inputs.dataset_inputs}
+    assert sorted(inputs) == ["evaluation", "feedback", "replay"]  # fine-tuned: the batch and the old drawings apart
+    assert json.loads(inputs["feedback"].profile)["features_shape"] == [50, 28, 28]
     # Every drawing is in exactly one dataset batch, none waits, the batch folder is gone.
     assert sorted(world.dataset_keys(settings)) == sorted(keys)
     assert feedback.count(settings.feedback_dir) == 0
@@ -102,6 +105,18 @@ def test_too_little_feedback_ends_skipped(dagbag, retrain_world):
     assert set(states.values()) == {"skipped"}
     assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(keys)
     assert len(versions(settings)) == 1
+
+
+def test_a_grid_too_large_fails_before_any_drawing_moves(dagbag, retrain_world):
+    settings = retrain_world
+    keys = world.save_feedback(settings, 30)
+
+    # 3 rates x 3 widths: 9 candidates, one more than a run trains; the form cannot express the product's limit.
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=30, kinds=["scratch"], learning_rates=[1e-3, 2e-3, 3e-3], widths=[8, 16, 32])
+
+    assert run.state == "failed" and states["snapshot"] == "failed", states
+    assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(keys)  # all still waiting
+    assert not settings.batches_dir.exists() and not (settings.dataset_dir / "feedback").exists()
 
 
 def test_a_run_whose_drawings_the_weekly_run_took_first_ends_skipped(dagbag, retrain_world, monkeypatch):

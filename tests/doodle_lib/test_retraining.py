@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from doodle_lib import atomic, dataset, feedback, proposals, retraining, tracking, versioning
 from doodle_lib.drawing import strokes_to_bitmap
+from doodle_lib.model import load_checkpoint
 from tests.conftest import fixture_drawings
 
 
@@ -235,6 +238,9 @@ def adding(case: dict, accuracy: float, count: int = 5) -> dict:
         (adding(figures(0.920, 0.934), 0.8), False, "worse on the evaluation set"),
         (adding(figures(0.95, None), 0.4), False, "does not recognise 'dog'"),  # even with nothing to beat
         (adding(figures(0.930, 0.934), 0.8, count=0), False, "does not recognise 'dog'"),  # no judges, no promotion
+        # Better everywhere, but without a category production serves (added by the other DAG during training).
+        ({**figures(0.95, 0.93, (0.9, 0.3), (0.8, 0.5)), "dropped_categories": ["dog"]}, False,
+         "lacks categories production serves: 'dog'"),
     ],
 )
 def test_gate(case, promote, says):
@@ -315,6 +321,13 @@ def test_cleanup_removes_a_batch_only_once_the_remote_holds_it(local):
     assert retraining.cleanup(local, "run-1", version) == {"batch": "run-1", "removed": True}
     assert retraining.cleanup(local, "run-1", version) == {"batch": "run-1", "removed": False}
     assert "feedback/run-1.npz" in versioning.stored_files(local.dvc_remote_dir, version)
+    # The finished run cleared and rerun: its snapshot may not take newer drawings under the same batch name.
+    ingested = retraining.feedback_file(local, "run-1").read_bytes()
+    newer = save(local, 3, start=20)
+    with pytest.raises(retraining.RunFinished, match="ingested and cleaned up by an earlier try"):
+        retraining.snapshot(local, "run-1", newer)
+    assert retraining.feedback_file(local, "run-1").read_bytes() == ingested
+    assert sorted(ref.key for ref in feedback.complete(local.feedback_dir)) == sorted(newer)  # still waiting
 
 
 def test_a_run_reads_its_dataset_version_not_batches_ingested_since(local):
@@ -358,9 +371,9 @@ def test_train_evaluate_register_twice_gives_one_version(settings):
     inputs = {(i.dataset.name, tags["mlflow.data.context"]): i.dataset
               for i in tracking.client(settings).get_run(trained["mlflow_run_id"]).inputs.dataset_inputs
               for tags in [{t.key: t.value for t in i.tags}]}
-    assert set(inputs) == {("feedback", "training"), ("training", "training"), ("evaluation", "evaluation")}
+    assert set(inputs) == {("training", "training"), ("evaluation", "evaluation")}  # from scratch: one training set
     assert json.loads(inputs["training", "training"].source)["uri"].endswith(version[2:])
-    assert json.loads(inputs["feedback", "training"].profile)["features_shape"] == [4, 28, 28]
+    assert json.loads(inputs["training", "training"].profile)["features_shape"] == [124, 28, 28]
     evaluation_set = dataset.read_split(settings.evaluation_path)
     assert inputs["evaluation", "evaluation"].digest == tracking.split_digest(evaluation_set)
     changed = evaluation_set.x.copy()
@@ -380,3 +393,44 @@ def test_train_evaluate_register_twice_gives_one_version(settings):
     late = retraining.promote_candidate(settings, other, results, 0.5)
     assert not late["promoted"] and "production moved from version None to " + first["version"] in late["reason"]
     assert tracking.production_version(settings).version == first["version"]
+    # Production gains a category (the other DAG added 'dog') after this candidate trained: it may not replace it.
+    served = load_checkpoint(Path(trained["checkpoint"]))
+    served.add_categories(["dog"])
+    with tracking.training_run(settings, "with dog") as dog_run:
+        uri = tracking.log_model(served)
+    with_dog = tracking.register(settings, uri, dog_run, {"categories": json.dumps(served.categories)})
+    tracking.set_production(settings, with_dog.version)
+    judged = retraining.evaluate_candidate(settings, "run-1", trained)
+    assert judged["dropped_categories"] == ["dog"] and judged["production_version"] == with_dog.version
+    refused = retraining.promote_candidate(settings, retraining.register_candidate(settings, "run-3", trained, judged), judged, 0.5)
+    assert not refused["promoted"] and "lacks categories production serves: 'dog'" in refused["reason"]
+    assert tracking.production_version(settings).version == with_dog.version
+    # Two promotions at once: the second waits for the first, then finds production moved and judges nothing.
+    racing = retraining.register_candidate(settings, "run-4", trained, judged)
+    outcome = {}
+    with atomic.exclusive(settings.data_dir / retraining.PROMOTION_LOCK):  # the other run's promotion, under way
+        waiting = threading.Thread(target=lambda: outcome.update(retraining.promote_candidate(settings, racing, judged, 0.5)))
+        waiting.start()
+        waiting.join(2)
+        assert waiting.is_alive() and not outcome  # blocked on the lock
+        tracking.set_production(settings, first["version"])
+    waiting.join(60)
+    assert not outcome["promoted"] and f"production moved from version {with_dog.version} to {first['version']}" in outcome["reason"]
+
+
+@pytest.mark.slow
+def test_a_proposal_whose_every_drawing_ingest_rejects_is_not_a_category_the_run_adds(settings):
+    settings = settings.model_copy(update={"proposal_min_drawings": 3})
+    dataset.build_base(settings.sample_dir, settings.dataset_dir, settings.evaluation_path, ["cat", "fish"], 20, 80)
+    proposed = propose(settings, "kite", 3, start=20)
+    retraining.snapshot(settings, "run-1", save(settings, 4, start=50))
+    for key in proposed:  # no PNG and no strokes: nothing ingest can use
+        ref = feedback.DrawingRef.parse(key)
+        (settings.batches_dir / "run-1" / ref.category / f"{ref.id}.png").unlink()
+        (settings.batches_dir / "run-1" / ref.category / f"{ref.id}.json").write_text(json.dumps({"label": "kite"}))
+    assert sorted(retraining.ingest(settings, "run-1")["rejected"]) == sorted(proposed)
+    version = retraining.version_dataset(settings)["dataset_version"]
+    [candidate] = retraining.plan_candidates({"epochs": 1})
+    trained = retraining.train_candidate(settings, "run-1", "run-1", version, candidate)
+    # Claiming it would let the gate skip the feedback comparison ("learns the new category") and close the proposal.
+    assert load_checkpoint(Path(trained["checkpoint"])).categories == ["cat", "fish"] and trained["new_categories"] == []
