@@ -1,6 +1,7 @@
 """Strokes to the 28x28 bitmap, exactly as Google rendered Quick, Draw!'s numpy_bitmap files."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ MAX_ABS_COORDINATE = 1e7
 RESAMPLE_SPACING = 1.0
 RDP_EPSILON = 2.0
 MAX_INK = 200_000  # resampled points (units of stroke length in the 256 box); real drawings have a few thousand
+MAX_ABS_TIME = sys.float_info.max  # the browser's times count from when its page opened: no bound but a float's
 
 Strokes = list[tuple[np.ndarray, np.ndarray]]
 
@@ -37,6 +39,7 @@ def _parse_plain(strokes: object) -> Strokes | None:
         return None
     xs_all: list = []
     ys_all: list = []
+    ts_all: list = []
     ends = []
     for stroke in strokes:
         if type(stroke) is not list or len(stroke) not in (2, 3):
@@ -44,16 +47,23 @@ def _parse_plain(strokes: object) -> Strokes | None:
         xs, ys = stroke[0], stroke[1]
         if type(xs) is not list or type(ys) is not list or len(xs) != len(ys) or not xs:
             return None
+        if len(stroke) == 3:
+            if type(stroke[2]) is not list or len(stroke[2]) != len(xs):
+                return None
+            ts_all += stroke[2]
         xs_all += xs
         ys_all += ys
         ends.append(len(xs_all))
-    if len(xs_all) > MAX_POINTS or not {*map(type, xs_all), *map(type, ys_all)} <= {int, float}:
+    if len(xs_all) > MAX_POINTS or not {*map(type, xs_all), *map(type, ys_all), *map(type, ts_all)} <= {int, float}:
         return None
     try:
         coordinates = np.array([xs_all, ys_all], dtype=np.float64)
+        times = np.array(ts_all, dtype=np.float64)
     except OverflowError:  # an int beyond float: let the careful path report it as before
         return None
     if not np.abs(coordinates).max() <= MAX_ABS_COORDINATE:  # NaN compares false too
+        return None
+    if not np.isfinite(times).all():
         return None
     return [(coordinates[0, a:b], coordinates[1, a:b]) for a, b in zip([0, *ends[:-1]], ends)]
 
@@ -76,6 +86,8 @@ def _validate_one_by_one(strokes: object) -> Strokes:
             raise DrawingError(f"stroke {i} has {len(xs)} x values but {len(ys)} y values")
         if len(xs) == 0:
             raise DrawingError(f"stroke {i} is empty")
+        if len(stroke) == 3 and len(ts := _coordinates(stroke[2], i, "t", MAX_ABS_TIME)) != len(xs):
+            raise DrawingError(f"stroke {i} has {len(xs)} points but {len(ts)} times")
         total += len(xs)
         if total > MAX_POINTS:
             raise DrawingError(f"too many points: more than {MAX_POINTS} in all strokes")
@@ -83,8 +95,8 @@ def _validate_one_by_one(strokes: object) -> Strokes:
     return parsed
 
 
-def _coordinates(values: object, stroke: int, axis: str) -> np.ndarray:
-    """One axis of one stroke as finite floats, or a DrawingError saying what is wrong."""
+def _coordinates(values: object, stroke: int, axis: str, limit: float = MAX_ABS_COORDINATE) -> np.ndarray:
+    """One axis of one stroke (x, y or t) as finite floats within ±limit, or a DrawingError saying what is wrong."""
     if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
         raise DrawingError(f"stroke {stroke}: {axis} must be a list of numbers")
     if len(values) > MAX_POINTS:
@@ -94,11 +106,11 @@ def _coordinates(values: object, stroke: int, axis: str) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)
     except OverflowError:  # an int beyond any float
-        raise DrawingError(f"stroke {stroke}: {axis} values beyond ±{MAX_ABS_COORDINATE:g}") from None
+        raise DrawingError(f"stroke {stroke}: {axis} values beyond ±{limit:g}") from None
     if not np.all(np.isfinite(array)):
         raise DrawingError(f"stroke {stroke}: {axis} holds NaN or infinite values")
-    if np.any(np.abs(array) > MAX_ABS_COORDINATE):
-        raise DrawingError(f"stroke {stroke}: {axis} values beyond ±{MAX_ABS_COORDINATE:g}")
+    if np.any(np.abs(array) > limit):
+        raise DrawingError(f"stroke {stroke}: {axis} values beyond ±{limit:g}")
     return array
 
 

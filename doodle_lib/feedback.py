@@ -39,7 +39,7 @@ class DrawingRef:
 
 
 def check_folder_name(name: str) -> str:
-    """`name` if it is safe as one path component (no separators, dots, control characters), else an error."""
+    """`name` if it is safe as one path component (1-100 characters, no separator, control character or leading dot)."""
     if (
         not isinstance(name, str)
         or not name
@@ -106,7 +106,10 @@ def move(refs: list[DrawingRef], source: Path, destination: Path) -> list[Drawin
     for ref in refs:
         folder = destination / ref.category
         folder.mkdir(parents=True, exist_ok=True)
-        for suffix in (".png", ".json"):  # PNG first: a JSON left behind still means a complete drawing
+        # PNG first, as save() writes them, so `destination` never holds a JSON without its PNG. A crash between the two
+        # leaves the PNG alone there and the JSON alone in `source`: complete() counts the drawing in neither folder
+        # until the same move runs again (a retried snapshot does) and moves the JSON.
+        for suffix in (".png", ".json"):
             old, new = source / ref.category / f"{ref.id}{suffix}", folder / f"{ref.id}{suffix}"
             if old.exists():
                 os.replace(old, new)

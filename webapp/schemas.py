@@ -10,7 +10,9 @@ from doodle_lib.drawing import MAX_POINTS, MAX_STROKES
 # Strict: JSON numbers only. Lax mode turned false and "1.5" into 0.0 and 1.5, which the schema does not allow.
 Number = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 Axis = Annotated[list[Number], Field(max_length=MAX_POINTS)]
-Stroke = Annotated[list[Axis], Field(min_length=2, max_length=3, description="[[xs], [ys]] or [[xs], [ys], [ts]]")]
+Stroke = Annotated[
+    list[Axis], Field(min_length=2, max_length=3, description="[[xs], [ys]] or [[xs], [ys], [ts]], each as long as xs")
+]
 Strokes = Annotated[
     list[Stroke], Field(min_length=1, max_length=MAX_STROKES, description="Quick, Draw! strokes, any coordinate range")
 ]

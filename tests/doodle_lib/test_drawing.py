@@ -97,6 +97,31 @@ def test_bad_drawings_get_a_clear_error(strokes, message):
         strokes_to_bitmap(strokes)
 
 
+@pytest.mark.parametrize(
+    "strokes,message",
+    [
+        ([[[0, 10], [0, 10], [1, 2, 3, 4, 5]]], "stroke 0 has 2 points but 5 times"),
+        ([[[0, 10], [0, 10], [1, 2]], [[0, 10], [0, 10], [3]]], "stroke 1 has 2 points but 1 times"),
+        ([[[0, 10], [0, 10], [1, math.nan]]], "stroke 0: t holds NaN or infinite"),
+        ([[[0, 10], [0, 10], [1, math.inf]]], "stroke 0: t holds NaN or infinite"),
+        ([[[0, 10], [0, 10], [1, "2"]]], "stroke 0: t must hold only numbers"),
+        ([[[0, 10], [0, 10], 12]], "stroke 0: t must be a list"),
+        ([[[0, 10], [0, 10], [1, 10**400]]], "stroke 0: t values beyond"),
+    ],
+)
+def test_bad_times_are_refused_by_both_paths(strokes, message):
+    assert drawing._parse_plain(strokes) is None  # the fast path leaves them to the careful one, which names them
+    with pytest.raises(DrawingError, match=message):
+        validate_strokes(strokes)
+
+
+def test_times_need_no_coordinate_bound():
+    """Times count from when the page opened: a tab left open for days still draws."""
+    strokes = [[[0, 10], [0, 10], [3e8, 3.1e8]]]
+    assert drawing._parse_plain(strokes) is not None
+    assert len(drawing._validate_one_by_one(strokes)) == 1
+
+
 # The straightforward implementation simplify() replaced (stroke by stroke: np.interp, a stack-based RDP);
 # the fast one must give the very same points, so the model sees exactly what it saw before.
 

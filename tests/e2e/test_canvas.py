@@ -1,6 +1,8 @@
 """The canvas page in a real browser: draw with a mouse or a finger, see the top 3, correct or confirm it."""
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from doodle_lib import feedback
@@ -172,3 +174,126 @@ def test_a_second_finger_does_not_draw(browser, webapp_url, settings, versions):
     [record] = stored(settings)
     assert len(record["strokes"]) == 1 and len(record["strokes"][0][0]) == steps  # the first finger's points only
     context.close()
+
+
+ENABLED = "id => !document.getElementById(id).disabled"
+FAKE = {1: ("cat", "7"), 2: ("fish", "8")}  # stroke count -> the answer the test gives: told apart in what is saved
+
+
+def hold_predictions(page) -> list:
+    """Requests to /api/predict wait in the returned list until the test answers them."""
+    held = []
+    page.route("**/api/predict", lambda route: held.append(route))
+    return held
+
+
+def wait_held(page, held, strokes: int) -> None:
+    """Until a held request is about `strokes` strokes."""
+    for _ in range(500):
+        if any(len(route.request.post_data_json["strokes"]) == strokes for route in held):
+            return
+        page.wait_for_timeout(20)
+    raise AssertionError(f"no request about {strokes} strokes")
+
+
+def answer(held, strokes: int | None = None) -> None:
+    """Answer the held requests (only those about `strokes` strokes if given) with FAKE's label and version."""
+    for route in [r for r in held if strokes in (None, len(r.request.post_data_json["strokes"]))]:
+        held.remove(route)
+        label, version = FAKE[len(route.request.post_data_json["strokes"])]
+        route.fulfill(json={"model_version": version, "predictions": [{"label": label, "probability": 0.9}],
+                            "bitmap": base64.b64encode(bytes(28 * 28)).decode()})
+
+
+def answer_until_enabled(page, held, button: str) -> None:
+    """Answer requests as they are held until `button` is enabled: a slow page also asks in mid-stroke."""
+    for _ in range(500):
+        answer(held)
+        if page.evaluate(ENABLED, button):
+            return
+        page.wait_for_timeout(20)
+    raise AssertionError(f"#{button} stayed disabled")
+
+
+def test_right_waits_for_the_answer_about_the_strokes_drawn(browser, webapp_url, settings):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    held = hold_predictions(page)
+    draw_with_mouse(page, DRAWING[2][:1])
+    answer_until_enabled(page, held, "right")
+    draw_with_mouse(page, DRAWING[2][1:2])
+    # The "cat" shown is about the first stroke alone: nothing may be saved with it.
+    assert page.locator("#right").is_disabled() and page.locator("#wrong").is_disabled()
+    wait_held(page, held, 2)
+    page.click("#undo")
+    assert page.locator("#right").is_disabled()
+    wait_held(page, held, 1)
+    answer(held, 2)  # a late answer about the undone stroke
+    page.wait_for_timeout(300)
+    assert page.locator("#right").is_disabled()
+    answer_until_enabled(page, held, "right")
+    page.click("#right")
+    page.locator("#message.ok").wait_for(timeout=10_000)
+    [record] = stored(settings)
+    assert (record["label"], record["predicted_label"], record["model_version"], record["kind"]) == (
+        "cat", "cat", "7", "confirmed")
+    assert len(record["strokes"]) == 1
+    page.close()
+
+
+def test_a_correction_after_undo_names_the_answer_about_what_is_left(browser, webapp_url, settings):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    held = hold_predictions(page)
+    draw_with_mouse(page, DRAWING[2][:2])
+    answer_until_enabled(page, held, "wrong")
+    page.select_option("#wrong-label", "apple")
+    page.click("#undo")
+    assert page.locator("#wrong").is_disabled()  # "fish" is about both strokes
+    answer_until_enabled(page, held, "wrong")
+    page.click("#wrong")
+    page.locator("#message.ok").wait_for(timeout=10_000)
+    [record] = stored(settings)
+    assert (record["label"], record["predicted_label"], record["model_version"], record["kind"]) == (
+        "apple", "cat", "7", "correction")
+    assert len(record["strokes"]) == 1
+    page.close()
+
+
+def test_an_html_error_page_clears_the_guesses(browser, webapp_url, settings):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    draw_with_mouse(page, DRAWING[2])
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    page.route("**/api/predict", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><body><h1>502 Bad Gateway</h1></body></html>"))
+    draw_with_mouse(page, DRAWING[2][:1])
+    page.locator("#message.error").wait_for(timeout=10_000)
+    assert "no prediction: the server answered 502" in page.locator("#message").inner_text()
+    assert page.locator("#predictions li").count() == 0 and page.locator("#right").is_disabled()
+    page.select_option("#wrong-label", "apple")
+    page.click("#wrong")  # still labelled, without a prediction
+    page.locator("#message.ok").wait_for(timeout=10_000)
+    [record] = stored(settings)
+    assert (record["predicted_label"], record["model_version"], record["kind"]) == (None, None, "unprompted")
+    assert len(record["strokes"]) == len(DRAWING[2]) + 1
+    page.close()
+
+
+def test_ink_lands_under_the_pointer_inside_the_border(browser, webapp_url):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    border = page.evaluate("getComputedStyle(document.getElementById('canvas')).borderLeftWidth")
+    assert border == "2px"
+    for scale in (1, 0.5):  # the page's own size, then shrunk by a CSS transform
+        page.click("#clear")
+        page.evaluate(f"document.getElementById('canvas').style.cssText = "
+                      f"'transform: scale({scale}); transform-origin: 0 0'")
+        box = page.locator("#canvas").bounding_box()
+        page.mouse.move(box["x"] + (2 + 40) * scale, box["y"] + (2 + 70) * scale)
+        with page.expect_request("**/api/predict") as request:
+            page.mouse.down()
+            page.mouse.up()
+        [[xs, ys, _]] = request.value.post_data_json["strokes"]
+        assert (xs[0], ys[0]) == (pytest.approx(40, abs=0.5), pytest.approx(70, abs=0.5)), scale
+    page.close()

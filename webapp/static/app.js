@@ -13,9 +13,9 @@ const DEBOUNCE_MS = 120;
 let strokes = [];
 let current = null;
 let pointer = null; // the pointer drawing the current stroke: a second finger meanwhile is ignored
-let last = null; // the latest prediction: {model_version, predictions}
+let last = null; // the answer about the strokes as they are now, {model_version, predictions}; null until it arrives
 let timer = null;
-let sequence = 0; // answers to older requests are dropped
+let sequence = 0; // counts changes to the strokes: an answer about strokes changed since its request is dropped
 const start = performance.now();
 
 function resize() {
@@ -41,8 +41,12 @@ function redraw() {
 }
 
 function point(event) {
+  // Strokes are in CSS px of the canvas's inside: its border is left out, and any CSS transform's scale undone.
   const box = canvas.getBoundingClientRect();
-  return [event.clientX - box.left, event.clientY - box.top, Math.round(performance.now() - start)];
+  const scale = box.width / canvas.offsetWidth || 1;
+  const x = (event.clientX - box.left) / scale - canvas.clientLeft;
+  const y = (event.clientY - box.top) / scale - canvas.clientTop;
+  return [x, y, Math.round(performance.now() - start)];
 }
 
 canvas.addEventListener("pointerdown", (event) => {
@@ -53,7 +57,7 @@ canvas.addEventListener("pointerdown", (event) => {
   const [x, y, t] = point(event);
   current = [[x], [y], [t]];
   strokes.push(current);
-  redraw();
+  changed();
 });
 canvas.addEventListener("pointermove", (event) => {
   if (!current || event.pointerId !== pointer) return;
@@ -61,8 +65,7 @@ canvas.addEventListener("pointermove", (event) => {
     const [x, y, t] = point(e.clientX === undefined ? event : e);
     current[0].push(x); current[1].push(y); current[2].push(t);
   }
-  redraw();
-  schedule();
+  changed();
 });
 for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) {
   canvas.addEventListener(name, (event) => {
@@ -74,8 +77,11 @@ document.getElementById("undo").addEventListener("click", () => { strokes.pop();
 document.getElementById("clear").addEventListener("click", () => { strokes = []; changed(); });
 
 function changed() {
+  // The answer shown is about the drawing as it was: nothing is saved with it, or with one still on its way.
+  sequence++;
+  last = null;
+  rightButton.disabled = wrongButton.disabled = true;
   redraw();
-  sequence++; // an answer still on its way is about the drawing as it was
   if (strokes.length) schedule(); else { clearTimeout(timer); show(null); }
 }
 
@@ -86,18 +92,25 @@ function schedule() {
 
 async function predict() {
   if (!strokes.length) return;
-  const mine = ++sequence;
+  const mine = sequence;
+  let response = null;
+  let body;
   try {
-    const response = await fetch("/api/predict", {
+    response = await fetch("/api/predict", {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({strokes, k: 3}),
     });
-    const body = await response.json();
-    if (mine !== sequence) return;
-    if (!response.ok) { say(body.error || response.statusText, "error"); show(null); return; }
-    show(body);
+    body = await response.json();
   } catch (error) {
-    if (mine === sequence) say("the server did not answer: " + error, "error");
+    if (mine !== sequence) return;
+    show(null); // the guesses shown are about other strokes
+    // A proxy in front may answer an error with an HTML page: say its status then.
+    say(response ? `no prediction: the server answered ${response.status} ${response.statusText}`
+      : `no prediction: the server did not answer (${error})`, "error");
+    return;
   }
+  if (mine !== sequence) return;
+  if (!response.ok) { say(body.error || response.statusText, "error"); show(null); return; }
+  show(body);
 }
 
 function show(answer) {
