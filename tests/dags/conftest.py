@@ -5,6 +5,7 @@ because Airflow reads its configuration once per process.
 """
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -71,9 +72,15 @@ def dagbag(airflow_db):
     return bag
 
 
+DEFAULT_PARAMS: dict[str, dict] = {}
+
+
 def run_dag(dag, **conf):
     """dag.test() with a run conf; returns (dag run, {task_id: state}), mapped instances as `task_id[map_index]`."""
-    run = dag.test(run_conf=conf or None)
+    # Every run states each param: dag.test() leaves a run's conf in the params its tasks hold, where a later run of
+    # the same DAG object would find it. The defaults are read before the DAG's first run in this session.
+    defaults = DEFAULT_PARAMS.setdefault(dag.dag_id, copy.deepcopy(dag.params.dump()))
+    run = dag.test(run_conf={**defaults, **conf})
     states = {
         ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": getattr(ti.state, "value", ti.state)
         for ti in run.get_task_instances()
