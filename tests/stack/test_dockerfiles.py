@@ -252,15 +252,20 @@ def test_scripts_are_valid_bash(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
 
 
-def run_init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """docker/airflow-init.sh with only `env` (and this venv's python on PATH); airflow is a stub that records."""
+def run_script(tmp_path: Path, script: str, command: str, **env: str) -> subprocess.CompletedProcess:
+    """docker/`script` with only `env` (and this venv's python on PATH); `command` is a stub that records its
+    arguments in tmp_path/`command`-calls."""
     stub = tmp_path / "bin"
     stub.mkdir(exist_ok=True)
-    (stub / "airflow").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/airflow-calls\n")
-    (stub / "airflow").chmod(0o755)
+    (stub / command).write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/{command}-calls\n")
+    (stub / command).chmod(0o755)
     path = f"{stub}:{Path(sys.executable).parent}:/usr/bin:/bin"
-    return subprocess.run(["bash", str(DOCKER / "airflow-init.sh")], env={"PATH": path, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(DOCKER / script)], env={"PATH": path, **env}, capture_output=True, text=True, timeout=60)
+
+
+def run_init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """docker/airflow-init.sh with `env`; airflow is a stub that records."""
+    return run_script(tmp_path, "airflow-init.sh", "airflow", **env)
 
 
 def good_init_env(tmp_path: Path) -> dict[str, str]:
@@ -313,14 +318,8 @@ def test_healthcheck_refuses_an_unknown_component():
 
 
 def run_mlflow_start(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """docker/mlflow-start.sh with only `env` (and this venv's python on PATH); mlflow is a stub that records."""
-    stub = tmp_path / "bin"
-    stub.mkdir(exist_ok=True)
-    (stub / "mlflow").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/mlflow-calls\n")
-    (stub / "mlflow").chmod(0o755)
-    path = f"{stub}:{Path(sys.executable).parent}:/usr/bin:/bin"
-    return subprocess.run(["bash", str(DOCKER / "mlflow-start.sh")], env={"PATH": path, **env},
-                          capture_output=True, text=True, timeout=60)
+    """docker/mlflow-start.sh with `env`; mlflow is a stub that records."""
+    return run_script(tmp_path, "mlflow-start.sh", "mlflow", **env)
 
 
 def test_mlflow_start_refuses_a_missing_store_and_a_malformed_webhook_key(tmp_path):
