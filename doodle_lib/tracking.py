@@ -62,8 +62,8 @@ def log_epoch(stats: "EpochStats") -> None:
     mlflow.log_metrics({"train_loss": stats.loss, "train_accuracy": stats.accuracy}, step=stats.epoch)
 
 
-def log_input(split: "Split", name: str, context: str, source: Path) -> str:
-    """Record `split` as an input of the active run (MLflow's dataset tracking), read from `source`; returns its digest."""
+def log_input(split: "Split", name: str, context: str, source: Path) -> None:
+    """Record `split` as an input of the active run (MLflow's dataset tracking), read from `source`."""
     import mlflow.data
     from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 
@@ -71,7 +71,6 @@ def log_input(split: "Split", name: str, context: str, source: Path) -> str:
     # The source built as what it is, a local path: resolving a bare path, MLflow warns that two sources match it.
     origin = get_dataset_source_from_json(json.dumps({"uri": str(source)}), source_type="local")
     mlflow.log_input(mlflow.data.from_numpy(split.x, targets=split.y, source=origin, name=name, digest=digest), context=context)
-    return digest
 
 
 def split_digest(split: "Split") -> str:
