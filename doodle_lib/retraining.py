@@ -86,11 +86,11 @@ def snapshot(settings: Settings, run_id: str, keys: list[str], allow_empty: bool
             raise RunFinished(f"batch {batch} was ingested and cleaned up by an earlier try of this run: trigger a "
                               "new run to train on newer drawings")
         else:
-            taken = {
-                proposal.name: [ref.key for ref in proposals.drawings(settings, proposal.name)]
-                for proposal in proposals.ready(settings, production_categories(settings))
-            }
-            plan = {"run_id": run_id, "keys": keys, "proposals": taken}
+            ready = proposals.ready(settings, production_categories(settings))
+            taken = {proposal.name: [ref.key for ref in proposals.drawings(settings, proposal.name)] for proposal in ready}
+            # Which proposal each name was when taken: one an operator rejects and a user proposes again is another.
+            created = {proposal.name: proposal.created_at for proposal in ready}
+            plan = {"run_id": run_id, "keys": keys, "proposals": taken, "proposals_created": created}
         plan = _still_there(settings, folder, plan)
         if not allow_empty and not plan["keys"] and not plan["proposals"]:
             shutil.rmtree(folder, ignore_errors=True)  # at most an earlier try's manifest: no drawing was moved
@@ -140,6 +140,13 @@ def batch_keys(settings: Settings, batch: str) -> list[str]:
 def batch_proposals(settings: Settings, batch: str) -> list[str]:
     """The proposed categories whose drawings the batch took."""
     return sorted(json.loads((settings.batches_dir / batch / MANIFEST).read_text()).get("proposals", {}))
+
+
+def withdrawn_proposals(settings: Settings, batch: str, names: list[str]) -> list[str]:
+    """Those of the batch's proposals `names` an operator has rejected, renamed or merged since the snapshot took them."""
+    created = json.loads((settings.batches_dir / batch / MANIFEST).read_text()).get("proposals_created", {})
+    state = {proposal.name: proposal.created_at for proposal in proposals.list_all(settings)}
+    return sorted(name for name in names if state.get(name) != created.get(name))
 
 
 # --- ingest -----------------------------------------------------------------------------------
@@ -738,9 +745,13 @@ def _categories(checkpoint: str) -> list[str]:
 
 def promote_candidate(
     settings: Settings, registered: dict, figures: dict, tolerance_points: float, trained: dict | None = None,
-    bar: float | None = None,
+    bar: float | None = None, batch: str | None = None,
 ) -> dict:
-    """Apply the gate; record the reason with both models' numbers on the version; move the alias if it passed."""
+    """Apply the gate; record the reason with both models' numbers on the version; move the alias if it passed.
+
+    With the run's `batch`, a candidate that learned a proposed category an operator has since rejected or renamed is
+    not promoted: the operator's later decision stands, and the next run trains what the proposals are now.
+    """
     import mlflow
 
     from doodle_lib import tracking
@@ -752,9 +763,14 @@ def promote_candidate(
         live = tracking.production_version(settings)
         live = None if live is None else str(live.version)
         compared = None if figures.get("production_version") is None else str(figures["production_version"])
+        withdrawn = withdrawn_proposals(settings, batch, figures.get("new_categories", [])) if batch else []
         if live not in (compared, str(version)):  # the other DAG promoted meanwhile (this version itself: a retry)
             decision = Decision(False, f"not promoted: production moved from version {compared} to {live} after this "
                                        "candidate was evaluated; the next run compares against the new one")
+        elif withdrawn and live != str(version):  # once promoted, its proposals are closed: a retry finds them gone
+            decision = Decision(False, f"not promoted: an operator rejected or renamed the proposed "
+                                       f"{', '.join(map(repr, withdrawn))} after this run took its drawings; the "
+                                       "operator's decision stands")
         else:
             decision = decide(figures, tolerance_points, settings.new_category_bar if bar is None else bar)
         client = tracking.client(settings)

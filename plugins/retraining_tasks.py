@@ -96,10 +96,11 @@ def retraining_stages(
         return retraining.register_candidate(get_settings(), run_id, chosen["trained"], chosen["figures"], chosen["choice"])
 
     @task
-    def promote(registered: dict, chosen: dict, params=None) -> dict:
+    def promote(registered: dict, chosen: dict, batch: dict, params=None) -> dict:
         from doodle_lib import retraining
         return retraining.promote_candidate(
-            get_settings(), registered, chosen["figures"], float(params["tolerance"]), chosen["trained"], float(params["new_category_bar"])
+            get_settings(), registered, chosen["figures"], float(params["tolerance"]), chosen["trained"],
+            float(params["new_category_bar"]), batch["batch"],
         )
 
     @task
@@ -112,5 +113,5 @@ def retraining_stages(
     candidates = plan(batch, dataset_version)
     trained = train.partial(batch=batch, dataset_version=dataset_version).expand(candidate=candidates)
     chosen = choose(evaluate.partial(batch=batch).expand(trained=trained))
-    promoted = promote(register(chosen), chosen)
+    promoted = promote(register(chosen), chosen, batch)
     cleanup(batch, dataset_version, promoted)

@@ -434,3 +434,34 @@ def test_a_proposal_whose_every_drawing_ingest_rejects_is_not_a_category_the_run
     trained = retraining.train_candidate(settings, "run-1", "run-1", version, candidate)
     # Claiming it would let the gate skip the feedback comparison ("learns the new category") and close the proposal.
     assert load_checkpoint(Path(trained["checkpoint"])).categories == ["cat", "fish"] and trained["new_categories"] == []
+
+
+def test_a_proposal_an_operator_rejects_or_renames_during_the_run_is_not_promoted(settings):
+    from doodle_lib.model import DoodleCNN
+
+    settings = settings.model_copy(update={"proposal_min_drawings": 3})
+    propose(settings, "kite", 3)
+    propose(settings, "kyte", 3, start=3)
+    propose(settings, "hat", 3, start=6)
+    retraining.snapshot(settings, "run-1", [])
+    assert retraining.withdrawn_proposals(settings, "run-1", ["hat", "kite", "kyte"]) == []
+    proposals.reject(settings, "kite", "not a category we want")
+    propose(settings, "kite", 1, start=9)  # a user proposes it again: a new proposal, not the one the run took
+    proposals.rename(settings, "kyte", "kite flyer", [])
+    assert retraining.withdrawn_proposals(settings, "run-1", ["hat", "kite", "kyte"]) == ["kite", "kyte"]
+
+    candidate = DoodleCNN(["cat", "fish", "hat", "kite"])
+    with tracking.training_run(settings, "candidate") as run_id:
+        uri = tracking.log_model(candidate)
+    registered = {"version": tracking.register(settings, uri, run_id, {"categories": json.dumps(candidate.categories)}).version}
+    figures = {"candidate": {"eval": {"accuracy": 0.9, "loss": 0.3}, "feedback": None}, "production": None,
+               "production_version": None, "feedback_count": 0, "new_categories": ["hat", "kite"], "held_back": {}}
+    refused = retraining.promote_candidate(settings, registered, figures, 0.5, batch="run-1")
+    assert not refused["promoted"] and "rejected or renamed the proposed 'kite' after this run" in refused["reason"]
+    assert tracking.production_version(settings) is None and "hat" in proposals.names(settings)
+    # Without the withdrawn one the candidate passes, and the proposal it learned closes.
+    promoted = retraining.promote_candidate(settings, registered, {**figures, "new_categories": ["hat"]}, 0.5, batch="run-1")
+    assert promoted["promoted"] and tracking.production_version(settings).version == registered["version"]
+    assert "hat" not in proposals.names(settings) and "kite" in proposals.names(settings)
+    # A retry of that promotion finds its own version served and its proposal closed: still promoted.
+    assert retraining.promote_candidate(settings, registered, {**figures, "new_categories": ["hat"]}, 0.5, batch="run-1")["promoted"]
