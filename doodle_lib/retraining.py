@@ -87,7 +87,7 @@ def snapshot(settings: Settings, run_id: str, keys: list[str], allow_empty: bool
                               "new run to train on newer drawings")
         else:
             ready = proposals.ready(settings, production_categories(settings))
-            taken = {proposal.name: [ref.key for ref in proposals.drawings(settings, proposal.name)] for proposal in ready}
+            taken = {p.name: [ref.key for ref in proposals.drawings(settings, p.name)] for p in ready}
             # Which proposal each name was when taken: one an operator rejects and a user proposes again is another.
             created = {proposal.name: proposal.created_at for proposal in ready}
             plan = {"run_id": run_id, "keys": keys, "proposals": taken, "proposals_created": created}
@@ -143,7 +143,7 @@ def batch_proposals(settings: Settings, batch: str) -> list[str]:
 
 
 def withdrawn_proposals(settings: Settings, batch: str, names: list[str]) -> list[str]:
-    """Those of the batch's proposals `names` an operator has rejected, renamed or merged since the snapshot took them."""
+    """Those of the batch's proposals `names` an operator rejected, renamed or merged after the snapshot took them."""
     created = json.loads((settings.batches_dir / batch / MANIFEST).read_text()).get("proposals_created", {})
     state = {proposal.name: proposal.created_at for proposal in proposals.list_all(settings)}
     return sorted(name for name in names if state.get(name) != created.get(name))

@@ -35,6 +35,13 @@ def stored(settings) -> list[dict]:
     return [feedback.read(settings.feedback_dir, ref)[1] for ref in feedback.complete(settings.feedback_dir)]
 
 
+def saved_record(page, settings) -> dict:
+    """The one drawing on disk, once the page has confirmed the save."""
+    page.locator("#message.ok").wait_for(timeout=10_000)
+    [record] = stored(settings)
+    return record
+
+
 def test_mouse_drawing_predicts_and_a_correction_is_saved(browser, webapp_url, settings, versions):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(webapp_url)
@@ -170,8 +177,7 @@ def test_a_second_finger_does_not_draw(browser, webapp_url, settings, versions):
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
     page.locator("#right").click()
-    page.locator("#message.ok").wait_for(timeout=10_000)
-    [record] = stored(settings)
+    record = saved_record(page, settings)
     assert len(record["strokes"]) == 1 and len(record["strokes"][0][0]) == steps  # the first finger's points only
     context.close()
 
@@ -233,10 +239,9 @@ def test_right_waits_for_the_answer_about_the_strokes_drawn(browser, webapp_url,
     assert page.locator("#right").is_disabled()
     answer_until_enabled(page, held, "right")
     page.click("#right")
-    page.locator("#message.ok").wait_for(timeout=10_000)
-    [record] = stored(settings)
-    assert (record["label"], record["predicted_label"], record["model_version"], record["kind"]) == (
-        "cat", "cat", "7", "confirmed")
+    record = saved_record(page, settings)
+    assert [record[k] for k in ("label", "predicted_label", "model_version", "kind")] == \
+        ["cat", "cat", "7", "confirmed"]
     assert len(record["strokes"]) == 1
     page.close()
 
@@ -252,10 +257,9 @@ def test_a_correction_after_undo_names_the_answer_about_what_is_left(browser, we
     assert page.locator("#wrong").is_disabled()  # "fish" is about both strokes
     answer_until_enabled(page, held, "wrong")
     page.click("#wrong")
-    page.locator("#message.ok").wait_for(timeout=10_000)
-    [record] = stored(settings)
-    assert (record["label"], record["predicted_label"], record["model_version"], record["kind"]) == (
-        "apple", "cat", "7", "correction")
+    record = saved_record(page, settings)
+    assert [record[k] for k in ("label", "predicted_label", "model_version", "kind")] == \
+        ["apple", "cat", "7", "correction"]
     assert len(record["strokes"]) == 1
     page.close()
 
@@ -273,8 +277,7 @@ def test_an_html_error_page_clears_the_guesses(browser, webapp_url, settings):
     assert page.locator("#predictions li").count() == 0 and page.locator("#right").is_disabled()
     page.select_option("#wrong-label", "apple")
     page.click("#wrong")  # still labelled, without a prediction
-    page.locator("#message.ok").wait_for(timeout=10_000)
-    [record] = stored(settings)
+    record = saved_record(page, settings)
     assert (record["predicted_label"], record["model_version"], record["kind"]) == (None, None, "unprompted")
     assert len(record["strokes"]) == len(DRAWING[2]) + 1
     page.close()
