@@ -57,14 +57,15 @@ def dataset_hash(dvc_file: Path) -> str:
 
 def checkout(project: Path, version: str, destination: str) -> Path:
     """Restore the dataset with hash `version` from the remote into `destination` (relative to the project)."""
-    target = project / destination
-    if Path(destination).is_absolute() or not target.resolve().is_relative_to(project.resolve()):
+    relative = Path(destination)  # "checkouts/v1/" as "checkouts/v1": the pointer is then v1.dvc beside it, not v1/.dvc
+    target = project / relative
+    if relative.is_absolute() or ".." in relative.parts or not target.resolve().is_relative_to(project.resolve()):
         raise VersioningError(f"{destination!r} is not a folder inside {project}")
     if target.exists():
         raise VersioningError(f"{target} already exists: choose another destination or remove it")
-    pointer = project / f"{destination}.dvc"
+    pointer = target.with_name(f"{target.name}.dvc")
     pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(yaml.safe_dump({"outs": [{"md5": version, "path": Path(destination).name, "hash": "md5"}]}))
+    pointer.write_text(yaml.safe_dump({"outs": [{"md5": version, "path": target.name, "hash": "md5"}]}))
     with atomic.exclusive(project / VERSIONING_LOCK):
         dvc(project, "pull", "--quiet", str(pointer.relative_to(project)))
     return target

@@ -1,0 +1,35 @@
+"""doodle_lib.versioning with the real DVC: a data folder, its local remote, checkouts of a version."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from doodle_lib import atomic, versioning
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, str]:
+    """A DVC project with one dataset version pushed to its remote, and that version's hash."""
+    data = tmp_path / "data"
+    atomic.write_npz(data / "dataset" / "base.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.array(["a", "b"]))
+    versioning.ensure_project(data, tmp_path / "remote")
+    return data, versioning.commit(data, "dataset")
+
+
+def test_a_destination_with_a_trailing_slash_is_restored_beside_its_pointer(project) -> None:
+    data, version = project
+    target = versioning.checkout(data, version, "checkouts/v1/")  # as a shell's completion writes a folder
+
+    assert target == data / "checkouts" / "v1"
+    assert (target / "base.npz").read_bytes() == (data / "dataset" / "base.npz").read_bytes()
+    assert (data / "checkouts" / "v1.dvc").is_file()
+
+
+@pytest.mark.parametrize("outside", ["/tmp/elsewhere", "../elsewhere", "checkouts/../../elsewhere"])
+def test_a_destination_outside_the_project_is_refused_and_nothing_is_written(project, outside: str) -> None:
+    data, version = project
+    with pytest.raises(versioning.VersioningError, match="is not a folder inside"):
+        versioning.checkout(data, version, outside)
+    assert not (data / "checkouts").exists() and not (data.parent / "elsewhere").exists()
