@@ -34,7 +34,7 @@ def download(categories: str, max_per_category: int | None, base_url: str | None
     from doodle_lib import download as downloader
 
     settings = get_settings()
-    names = [name.strip() for name in categories.split(",") if name.strip()]
+    names = category_names(categories)
     try:
         paths = downloader.download(
             names, dest or settings.downloads_dir, base_url or settings.quickdraw_url, max_per_category=max_per_category
@@ -61,7 +61,7 @@ def prepare(source, categories, max_per_category, eval_per_category, output_dir,
     settings = get_settings()
     if eval_per_category:
         settings.eval_per_category = eval_per_category
-    names = [c.strip() for c in categories.split(",")] if categories else None
+    names = category_names(categories) if categories else None
     try:
         if output_dir:
             chosen = names or dataset.categories_in(source or settings.sample_dir)
@@ -71,6 +71,14 @@ def prepare(source, categories, max_per_category, eval_per_category, output_dir,
             click.echo(baseline.prepare(settings, source, names, max_per_category, force))
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
+
+
+def category_names(text: str) -> list[str]:
+    """The names of a comma-separated --categories, each once: a repeated one would repeat its drawings."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise click.BadParameter(f"no category name in {text!r}", param_hint="--categories")
+    return names
 
 
 @data.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from doodle_lib import tracking, versioning
+from doodle_lib import dataset, tracking, versioning
 
 DOODLE = str(Path(sys.executable).parent / "doodle")
 
@@ -107,3 +107,17 @@ def test_proposals_commands(settings):
                         (("rename", "dog", "!!"), "letters a-z")]:
         refused = doodle("proposals", *args, env=env)
         assert refused.returncode != 0 and words in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_prepare_takes_a_repeated_category_once(tmp_path):
+    env = {**os.environ, "DOODLE_DATA_DIR": str(tmp_path / "data"), "DOODLE_STORAGE_DIR": str(tmp_path / "storage")}
+    out = tmp_path / "base"
+    prepared = doodle("data", "prepare", "--output-dir", str(out), "--categories", "cat, cat,fish",
+                      "--max-per-category", "30", "--eval-per-category", "10", env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    for name, per_category in (("base.npz", 20), ("evaluation.npz", 10)):
+        labels = dataset.read_split(out / name).y.tolist()
+        assert labels == ["cat"] * per_category + ["fish"] * per_category, name
+    for command in (("prepare", "--output-dir", str(out)), ("download", "--base-url", "http://127.0.0.1:9")):
+        empty = doodle("data", *command, "--categories", " , ", env=env)
+        assert empty.returncode == 2 and "no category name in ' , '" in empty.stderr, empty.stderr
