@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from graphlib import TopologicalSorter
 
 from flask import Blueprint, current_app, jsonify, render_template
 
@@ -23,10 +24,14 @@ def recent_runs() -> list[dict]:
     client: AirflowClient = current_app.extensions["airflow"]
     runs = []
     for dag_id in DAGS:
+        order = stage_order(client, dag_id)
         listing = client.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={RUNS_PER_DAG}")
         for run in listing["dag_runs"]:
             path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'])}"
-            tasks = client.get(f"{path}/taskInstances?order_by=start_date")["task_instances"]
+            tasks = client.get(f"{path}/taskInstances")["task_instances"]
+            # In the DAG's order, not by start date: tasks yet to run have none (SQLite sorts them first, before the
+            # waiting sensor), and the tasks a skip or failure cascades over start in whatever order Airflow marks them.
+            tasks.sort(key=lambda t: (order.get(t["task_id"], len(order)), t["task_id"], t.get("map_index") or 0))
             runs.append({
                 "dag_id": dag_id,
                 "run_id": run["dag_run_id"],
@@ -37,6 +42,19 @@ def recent_runs() -> list[dict]:
                 "result": outcome(client, path, tasks),
             })
     return sorted(runs, key=lambda r: r["start"] or "", reverse=True)
+
+
+def stage_order(client: AirflowClient, dag_id: str) -> dict[str, int]:
+    """Each task's place in the order the DAG runs them: the length of its longest path from a first task."""
+    upstream: dict[str, set[str]] = {}
+    for task in client.get(f"/api/v2/dags/{dag_id}/tasks")["tasks"]:
+        upstream.setdefault(task["task_id"], set())
+        for downstream in task["downstream_task_ids"]:
+            upstream.setdefault(downstream, set()).add(task["task_id"])
+    depth: dict[str, int] = {}
+    for task_id in TopologicalSorter(upstream).static_order():
+        depth[task_id] = max((depth[before] + 1 for before in upstream[task_id]), default=0)
+    return depth
 
 
 def stage_name(task: dict) -> str:
