@@ -76,10 +76,12 @@ def init_app(app) -> None:
 
 
 def on_reload(result: str | None, served) -> None:
-    """Count a load and publish the version now served."""
+    """Count a load and publish the version now served, with its series."""
     if result:
         RELOADS.labels(result).inc()
     SERVING_VERSION.set(int(served.version) if served else 0)
+    if served:
+        export_version(served.version, served.categories)
 
 
 # The children of one (label, version) pair, looked up once: .labels() checks and locks on every call. Bounded:
@@ -93,6 +95,19 @@ def observe_prediction(version: str, label: str, confidence: float) -> None:
         children = _prediction_children[label, version] = (PREDICTIONS.labels(label, version), CONFIDENCE.labels(version))
     children[0].inc()
     children[1].observe(confidence)
+
+
+def export_version(version: str, categories: list[str]) -> None:
+    """A served version's prediction and judged-feedback series, exported at 0 before its first answer.
+
+    increase() and rate() start from a series' first scrape: a series first scraped at 5 never counts those 5. The
+    feedback counter has a series per (predicted, correct) pair, so a new version's correction rate would lose the
+    first seconds of each of its 30 correction pairs (6 categories) and mostly count confirmations.
+    """
+    for predicted in categories:
+        _prediction_children[predicted, version] = (PREDICTIONS.labels(predicted, version), CONFIDENCE.labels(version))
+        for label in categories:
+            FEEDBACK.labels(version, predicted, label, "confirmed" if predicted == label else "correction")
 
 
 def observe_feedback(version: str, predicted: str, label: str, kind: str) -> None:

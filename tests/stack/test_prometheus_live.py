@@ -247,6 +247,21 @@ def test_the_serving_panels_show_the_traffic_that_was_sent(live):
     assert float(corrections[0]["value"][1]) == float(confirmations[0]["value"][1]) == 12 * ROUNDS
 
 
+def test_the_correction_rate_per_version_counts_every_judged_drawing(live):
+    """Each prediction got one confirmation and one correction: 24 judged drawings a round, a ratio of one half.
+
+    Drawings counted before a series' first scrape are invisible to increase(); a version's series must be there,
+    at 0, before its first answer, or its first seconds of feedback (most of this traffic) go uncounted. The
+    recorded series are read, as the alert reads them: one evaluation computes both. increase() extrapolates over a
+    window this short (a few scrapes a version) by up to a scrape interval, hence the tolerance."""
+    prometheus, _, versions = live
+    judged = {s["metric"]["model_version"]: float(s["value"][1]) for s in query(prometheus, "doodle:feedback_judged:increase1d")}
+    ratio = {s["metric"]["model_version"]: float(s["value"][1]) for s in query(prometheus, "doodle:correction_ratio:1d")}
+    for version in versions:  # each served half the rounds
+        assert judged[version] == pytest.approx(24 * ROUNDS / 2, rel=0.15), judged
+        assert ratio[version] == pytest.approx(0.5, abs=0.02), ratio
+
+
 def test_the_model_loads_panel_counts_the_promotion(live):
     """Both workers loaded the promoted version: the panel must count two loads, not the one or none it can see."""
     prometheus, _, _ = live

@@ -155,6 +155,18 @@ def test_metrics_count_predictions_and_feedback(client, versions):
     assert found[latency] == 1
 
 
+def test_metrics_export_a_served_versions_series_before_its_first_answer(client, versions):
+    """rate() and increase() start from a series' first scrape: one born at 1 never counts that first drawing."""
+    exported = samples(client.get("/metrics").data.decode())
+    for predicted in CATEGORIES:
+        assert ("doodle_predictions_total", (("label", predicted), ("model_version", versions[0]))) in exported
+        for label in CATEGORIES:
+            kind = "confirmed" if predicted == label else "correction"
+            key = (("kind", kind), ("label", label), ("model_version", versions[0]), ("predicted_label", predicted))
+            assert ("doodle_feedback_total", key) in exported, key
+    assert ("doodle_prediction_confidence_count", (("model_version", versions[0]),)) in exported
+
+
 def samples(text: str) -> dict:
     """Prometheus text as {(sample name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
