@@ -111,11 +111,22 @@ def load_train_config(params_file: Path, section: str = "train", **overrides):
 
     from doodle_lib.training import TrainConfig
 
-    values = yaml.safe_load(params_file.read_text()).get(section, {}) if params_file else {}
+    values = {}
+    if params_file:
+        try:
+            document = yaml.safe_load(params_file.read_text()) or {}  # an empty file sets nothing
+        except yaml.YAMLError as error:
+            raise ValueError(f"{params_file} is not valid YAML: {error}") from None
+        values = (document.get(section) or {}) if isinstance(document, dict) else None
+        if not isinstance(values, dict):
+            raise ValueError(f"{params_file}: the {section} section must map parameter names to values")
     unknown = set(values) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{params_file}: unknown {section} parameters {sorted(unknown)}")
-    return TrainConfig(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+    try:
+        return TrainConfig(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as error:
+        raise ValueError(f"{params_file}: {error}") from None
 
 
 def train_checkpoint(data_dir: Path, checkpoint: Path, config) -> None:

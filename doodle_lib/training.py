@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,9 +34,30 @@ class TrainConfig:
     feedback_repeats: int = 6  # fine-tuning: how often each new image is seen per epoch (see docs/retraining.md)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
+    def __post_init__(self) -> None:
+        """Refuse a value training cannot use, naming the field: a params file's values are whatever YAML made."""
+        for name, least in LEAST.items():
+            value = getattr(self, name)
+            if value is None and name == "limit_per_class":
+                continue
+            whole = name not in ("learning_rate", "weight_decay", "replay_ratio")
+            number = isinstance(value, int) or (not whole and isinstance(value, float) and math.isfinite(value))
+            if isinstance(value, bool) or not number or (least is not None and value < least):
+                kind = "a whole number" if whole else "a finite number"
+                raise ValueError(f"{name} must be {kind}{'' if least is None else f' of at least {least}'}, not {value!r}")
+        if self.learning_rate == 0:
+            raise ValueError("learning_rate must be above 0")
+
     def params(self) -> dict:
         """The config as flat MLflow parameters."""
         return asdict(self)
+
+
+# The least value of each TrainConfig field (None: any); limit_per_class may also be None.
+LEAST = {
+    "epochs": 0, "batch_size": 1, "learning_rate": 0, "weight_decay": 0, "width": 1, "max_shift": 0, "seed": None,
+    "limit_per_class": 1, "replay_ratio": 0, "feedback_repeats": 1, "threads": 0,
+}
 
 
 @dataclass

@@ -1,9 +1,14 @@
 """Training, fine-tuning and evaluation on small slices of the real sample."""
+import re
+
 import numpy as np
+import pytest
 import torch
 
+from doodle_lib.baseline import load_train_config
 from doodle_lib.dataset import Split
 from doodle_lib.model import checkpoint_bytes, load_checkpoint, predict_proba
+from doodle_lib.settings import PROJECT_ROOT
 from doodle_lib.training import TrainConfig, evaluate, fine_tune, shift_batch, train
 
 QUICK = TrainConfig(epochs=3, seed=3)
@@ -86,3 +91,33 @@ def test_shift_moves_pixels_without_wrapping():
     assert all(s.sum() in (0, 255) for s in shifted)  # an edge pixel either moves inside or falls off
     assert any(s[0, 2, 2] == 255 for s in shifted) and any(s.sum() == 0 for s in shifted)
     assert all(s[0, 3:, :].sum() == 0 and s[0, :, 3:].sum() == 0 for s in shifted)  # never wraps to the far side
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("train: [1, 2\n", "is not valid YAML"),
+        ("- 1\n- 2\n", "the train section must map parameter names to values"),
+        ("train: 5\n", "the train section must map parameter names to values"),
+        ("train:\n  epochs: ten\n", "epochs must be a whole number of at least 0, not 'ten'"),
+        ("train:\n  epochs: 2.5\n", "epochs must be a whole number"),
+        ("train:\n  batch_size: 0\n", "batch_size must be a whole number of at least 1, not 0"),
+        ("train:\n  learning_rate: .nan\n", "learning_rate must be a finite number"),
+        ("train:\n  learning_rate: 0\n", "learning_rate must be above 0"),
+        ("train:\n  limit_per_class: true\n", "limit_per_class must be a whole number"),
+        ("train:\n  seed: '3'\n", "seed must be a whole number, not '3'"),
+    ],
+)
+def test_a_params_file_training_cannot_use_is_refused_naming_the_file_and_field(tmp_path, text, says):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(params))}.*{re.escape(says)}"):
+        load_train_config(params)
+
+
+def test_a_params_file_may_be_empty_or_leave_out_the_section(tmp_path):
+    params = tmp_path / "params.yaml"
+    for text in ("", "prepare:\n  eval_per_category: 5\n", "train:\n"):
+        params.write_text(text)
+        assert load_train_config(params, epochs=2) == TrainConfig(epochs=2)
+    assert load_train_config(PROJECT_ROOT / "params.yaml").learning_rate == 0.002
