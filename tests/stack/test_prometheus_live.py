@@ -233,6 +233,21 @@ def test_every_panel_query_returns_data(live, path: Path):
     assert not not_numbers, "panels whose query returns only NaN/Inf:\n" + "\n".join(not_numbers)
 
 
+@pytest.mark.parametrize("path", dashboard_params())
+def test_every_series_a_panel_draws_has_the_labels_its_legend_names(live, path: Path):
+    """A series without them is drawn with an empty name: a stray `or vector(0)` beside labelled series, say."""
+    prometheus, _, _ = live
+    dashboard = json.loads(path.read_text())
+    unnamed = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            named = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+            for sample in query(prometheus, grafana_expr(target["expr"], dashboard)):
+                if not named <= sample["metric"].keys():
+                    unnamed.append(f"{panel['title']}: {target['expr']} -> {sample['metric']}")
+    assert not unnamed, "series drawn without the labels of their legend:\n" + "\n".join(unnamed)
+
+
 def test_the_serving_panels_show_the_traffic_that_was_sent(live):
     prometheus, _, (first, second) = live
     by_status = {s["metric"]["status"]: float(s["value"][1]) for s in query(prometheus, "sum by (status) (flask_http_request_total)")}
