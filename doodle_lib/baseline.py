@@ -96,11 +96,17 @@ def evaluate_version(settings: Settings, version: str | None = None):
     """Evaluate a registered version (default: production) on the fixed evaluation set."""
     from doodle_lib import tracking, training
 
+    from mlflow.exceptions import MlflowException
+
     if version is None:
         production = tracking.production_version(settings)
         if production is None:
             raise LookupError(f"no version of {settings.model_name} is marked {settings.production_alias!r} yet")
         version = production.version
+    try:  # looked up first: loading names a missing version only in a traceback, and takes "abc" for a stage
+        tracking.client(settings).get_model_version(settings.model_name, str(version))
+    except MlflowException as error:
+        raise LookupError(f"no version {version} of {settings.model_name}: {error.message}") from None
     model = tracking.load_version(settings, version)
     return version, training.evaluate(model, dataset.read_split(settings.evaluation_path))
 
@@ -146,7 +152,11 @@ def evaluate_checkpoint(checkpoint: Path, evaluation_path: Path, metrics_file: P
     from doodle_lib import atomic, training
     from doodle_lib.model import load_checkpoint
 
-    result = training.evaluate(load_checkpoint(checkpoint), dataset.read_split(evaluation_path))
+    try:
+        model = load_checkpoint(checkpoint)
+    except Exception as error:  # noqa: BLE001 - torch and pickle raise KeyError, EOFError, RuntimeError, ... on other files
+        raise ValueError(f"{checkpoint} is not a model checkpoint ({error.__class__.__name__}: {error})") from None
+    result = training.evaluate(model, dataset.read_split(evaluation_path))
     if metrics_file:
         figures = {"accuracy": result.accuracy, "loss": result.loss, "per_class": result.per_class}
         atomic.write_bytes(metrics_file, json.dumps(figures, indent=2, sort_keys=True).encode())

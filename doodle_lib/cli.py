@@ -155,7 +155,7 @@ def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
             result = baseline.evaluate_checkpoint(checkpoint, evaluation or settings.evaluation_path, metrics_file)
         else:
             version, result = baseline.evaluate_version(settings, model_version)
-    except (LookupError, FileNotFoundError) as error:
+    except (LookupError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"version {version}: accuracy {result.accuracy:.2%} on {result.count} drawings")
     for name, accuracy in result.per_class.items():

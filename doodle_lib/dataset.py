@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,13 @@ def build_base(
 
 
 def read_split(path: Path) -> Split:
-    """Read a Split written by build_base or ingest (x and y arrays in an .npz)."""
+    """Read a Split written by build_base or ingest (x and y arrays in an .npz); another file is a ValueError."""
+    with path.open("rb") as handle:  # a missing file stays a FileNotFoundError
+        if not zipfile.is_zipfile(handle):
+            raise ValueError(f"{path} is not a dataset file: not an .npz archive")
     with np.load(path, allow_pickle=False) as data:
+        if not {"x", "y"} <= set(data.files):
+            raise ValueError(f"{path} is not a dataset file: it holds no x and y arrays")
         return Split(data["x"], data["y"])
 
 

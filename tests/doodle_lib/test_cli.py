@@ -66,6 +66,9 @@ def test_errors_are_messages_not_tracebacks(settings):
     assert unused.returncode == 2 and "--data-dir goes with --checkpoint" in unused.stderr
     stray = doodle("evaluate", "--metrics-file", "m.json", env=env)  # it goes with --checkpoint
     assert stray.returncode == 2 and "--metrics-file go with --checkpoint" in stray.stderr
+    for version in ("42", "abc"):  # "abc" was taken for a stage name
+        absent = doodle("evaluate", "--model-version", version, env=env)
+        assert absent.returncode == 1 and f"no version {version} of" in absent.stderr, absent.stderr
     missing = doodle("data", "checkout", "--model-version", "42", env=env)
     assert missing.returncode != 0 and "no version 42" in missing.stderr
     bad = doodle("data", "download", "--categories", "../etc", "--base-url", "http://127.0.0.1:9", env=env)
@@ -121,3 +124,24 @@ def test_prepare_takes_a_repeated_category_once(tmp_path):
     for command in (("prepare", "--output-dir", str(out)), ("download", "--base-url", "http://127.0.0.1:9")):
         empty = doodle("data", *command, "--categories", " , ", env=env)
         assert empty.returncode == 2 and "no category name in ' , '" in empty.stderr, empty.stderr
+
+
+def test_evaluate_names_a_file_that_is_not_a_checkpoint_or_an_evaluation_set(tmp_path):
+    from doodle_lib.model import DoodleCNN, checkpoint_bytes
+
+    env = {**os.environ, "DOODLE_DATA_DIR": str(tmp_path / "data"), "DOODLE_STORAGE_DIR": str(tmp_path / "storage")}
+    model, text, empty = tmp_path / "model.pt", tmp_path / "notes.txt", tmp_path / "empty.pt"
+    model.write_bytes(checkpoint_bytes(DoodleCNN(["cat"])))
+    text.write_text("hi")
+    empty.touch()
+    evaluation = tmp_path / "evaluation.npz"
+    np.savez(evaluation, x=np.zeros((2, 28, 28), np.uint8), y=np.array(["cat", "fish"]))
+    for checkpoint, against, says in [
+        (text, evaluation, "notes.txt is not a model checkpoint"),
+        (empty, evaluation, "empty.pt is not a model checkpoint"),
+        (model, text, "notes.txt is not a dataset file"),
+        (model, model, "model.pt is not a dataset file"),  # the arguments swapped
+        (model, evaluation, "labels not among the model's categories: ['fish']"),
+    ]:
+        refused = doodle("evaluate", "--checkpoint", str(checkpoint), "--evaluation", str(against), env=env)
+        assert refused.returncode == 1 and says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
