@@ -57,6 +57,7 @@ def download(categories: str, max_per_category: int | None, base_url: str | None
 def prepare(source, categories, max_per_category, eval_per_category, output_dir, force) -> None:
     """Build the training data (versioned with DVC) and the fixed evaluation set beside it."""
     from doodle_lib import baseline, dataset
+    from doodle_lib.versioning import VersioningError
 
     settings = get_settings()
     if eval_per_category:
@@ -69,7 +70,7 @@ def prepare(source, categories, max_per_category, eval_per_category, output_dir,
                                settings.eval_per_category, max_per_category)
         else:
             click.echo(baseline.prepare(settings, source, names, max_per_category, force))
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, VersioningError) as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -110,6 +111,7 @@ def checkout(model_version: str, dest: str | None) -> None:
 def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint, dry_run, promote) -> None:
     """Train from scratch on the current dataset, log to MLflow and register a version."""
     from doodle_lib import baseline
+    from doodle_lib.versioning import VersioningError
 
     if data_dir and not checkpoint:
         raise click.UsageError("--data-dir goes with --checkpoint")
@@ -122,13 +124,13 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
     config.threads = config.threads or settings.torch_threads
     if dry_run:
         config.epochs, config.limit_per_class = 1, 100
-    if checkpoint:
-        baseline.train_checkpoint(data_dir or settings.dataset_dir, checkpoint, config)
-        click.echo(checkpoint)
-        return
     try:
+        if checkpoint:
+            baseline.train_checkpoint(data_dir or settings.dataset_dir, checkpoint, config)
+            click.echo(checkpoint)
+            return
         result = baseline.train_base(settings, config, promote=promote, run_name="dry-run" if dry_run else "base")
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError, VersioningError) as error:  # no data, not a dataset, not in the remote
         raise click.ClickException(str(error)) from None
     state = "production" if result.promoted else "registered"
     click.echo(f"version {result.version} ({state}): eval accuracy {result.accuracy:.2%}, run {result.run_id}")

@@ -145,3 +145,17 @@ def test_evaluate_names_a_file_that_is_not_a_checkpoint_or_an_evaluation_set(tmp
     ]:
         refused = doodle("evaluate", "--checkpoint", str(checkpoint), "--evaluation", str(against), env=env)
         assert refused.returncode == 1 and says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_train_names_missing_data_instead_of_a_traceback(tmp_path):
+    env = {**os.environ, "DOODLE_DATA_DIR": str(tmp_path / "data"), "DOODLE_STORAGE_DIR": str(tmp_path / "storage")}
+    (tmp_path / "empty").mkdir()
+    nothing = doodle("train", "--data-dir", str(tmp_path / "empty"), "--checkpoint", str(tmp_path / "m.pt"), env=env)
+    assert nothing.returncode == 1 and "base.npz" in nothing.stderr and "Traceback" not in nothing.stderr, nothing.stderr
+
+    prepared = doodle("data", "prepare", "--max-per-category", "30", "--eval-per-category", "10", env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    moved = {**env, "DOODLE_STORAGE_DIR": str(tmp_path / "elsewhere")}  # a storage dir whose remote lacks the version
+    unstored = doodle("train", "--dry-run", env=moved)
+    assert unstored.returncode == 1 and "does not hold dataset version" in unstored.stderr, unstored.stderr
+    assert "Traceback" not in unstored.stderr
