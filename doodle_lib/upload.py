@@ -49,6 +49,8 @@ def _grayscale(image) -> np.ndarray:
     """Luminance as float, with transparency flattened onto the opposite of the ink's colour."""
     from PIL import Image
 
+    if image.mode.startswith("I"):  # a 16-bit greyscale PNG: Pillow's conversion to L clips at 255, it does not scale
+        image = image.convert("I").point(lambda value: value / 257)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = _shrunk(image.convert("RGBA"))
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255

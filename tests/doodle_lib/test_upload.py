@@ -96,3 +96,11 @@ def test_long_thin_and_large_images_cost_little_memory(size, vanishes):
         tracemalloc.stop()
     # Before: the square around the ink had the longest side (1,000,000 x 3: 7.3 TiB of floats asked for).
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB of arrays for a {width}x{height} image"
+
+
+def test_a_16_bit_greyscale_png_reads_like_its_8_bit_twin():
+    for bitmap in RENDERED[:5]:
+        light = 230 - (bitmap.astype(np.uint16) * 210 // 255)  # dark ink on a light grey page
+        wide = encode((light * 257).astype(np.uint16))
+        assert Image.open(io.BytesIO(wide)).mode == "I;16"
+        np.testing.assert_array_equal(image_to_bitmap(wide), image_to_bitmap(encode(light.astype(np.uint8))))
