@@ -277,6 +277,19 @@ def test_the_correction_rate_per_version_counts_every_judged_drawing(live):
         assert ratio[version] == pytest.approx(0.5, abs=0.02), ratio
 
 
+def test_the_confidence_percentiles_show_no_confidence_a_prediction_cannot_have(live):
+    """The top label of six has a probability of at least 1/6: these small models' p10 and p50 are near it, and
+    the panel may interpolate them down to its bucket's lower bound, 0.15, but never towards 0."""
+    prometheus, _, _ = live
+    [dashboard] = [json.loads(p.read_text()) for p in DASHBOARDS if json.loads(p.read_text())["title"].endswith("Model quality")]
+    shown = {}
+    for title, expr in queries(dashboard):
+        if title == "Confidence percentiles by model version":
+            for sample in query(prometheus, grafana_expr(expr, dashboard)):
+                shown[expr[:24], sample["metric"]["model_version"]] = float(sample["value"][1])
+    assert len(shown) == 4 and min(shown.values()) >= 0.15, shown
+
+
 def test_the_model_loads_panel_counts_the_promotion(live):
     """Both workers loaded the promoted version: the panel must count two loads, not the one or none it can see."""
     prometheus, _, _ = live
