@@ -12,6 +12,24 @@ import click
 from doodle_lib.settings import get_settings
 
 
+def current_settings():
+    """The settings, or a one-line error naming each environment variable whose value they refuse."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{environment_variable(str(e['loc'][0]))}={e['input']!r}: {e['msg']}" for e in error.errors()
+        )
+        raise click.ClickException(f"bad setting: {problems}") from None
+
+
+def environment_variable(field: str) -> str:
+    """The variable a settings field is read from: DOODLE_<FIELD>, or the alias it was found under."""
+    return field if field.isupper() else f"DOODLE_{field.upper()}"
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
 def main(verbose: bool) -> None:
@@ -33,7 +51,7 @@ def download(categories: str, max_per_category: int | None, base_url: str | None
     """Download Quick, Draw! numpy_bitmap and simplified files (resumable, checked, atomic)."""
     from doodle_lib import download as downloader
 
-    settings = get_settings()
+    settings = current_settings()
     names = category_names(categories)
     try:
         paths = downloader.download(
@@ -59,7 +77,7 @@ def prepare(source, categories, max_per_category, eval_per_category, output_dir,
     from doodle_lib import baseline, dataset
     from doodle_lib.versioning import VersioningError
 
-    settings = get_settings()
+    settings = current_settings()
     if eval_per_category:
         settings.eval_per_category = eval_per_category
     names = category_names(categories) if categories else None
@@ -90,7 +108,7 @@ def checkout(model_version: str, dest: str | None) -> None:
     from doodle_lib import lineage
 
     try:
-        click.echo(lineage.checkout_model_dataset(get_settings(), model_version, dest))
+        click.echo(lineage.checkout_model_dataset(current_settings(), model_version, dest))
     except (LookupError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
 
@@ -115,7 +133,7 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
 
     if data_dir and not checkpoint:
         raise click.UsageError("--data-dir goes with --checkpoint")
-    settings = get_settings()
+    settings = current_settings()
     overrides = {"epochs": epochs, "learning_rate": learning_rate, "width": width, "seed": seed}
     try:
         config = baseline.load_train_config(params_file, **overrides)
@@ -150,7 +168,7 @@ def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
 
     if not checkpoint and (evaluation or metrics_file):
         raise click.UsageError("--evaluation and --metrics-file go with --checkpoint")
-    settings = get_settings()
+    settings = current_settings()
     try:
         if checkpoint:
             version = checkpoint.name
@@ -173,7 +191,7 @@ def webhook(url: str | None) -> None:
 
     from doodle_lib import tracking
 
-    settings = get_settings()
+    settings = current_settings()
     if not settings.webhook_secret:
         raise click.ClickException("set DOODLE_WEBHOOK_SECRET (the web app takes only deliveries signed with it)")
     if not settings.mlflow_uri.startswith(("http://", "https://")):
@@ -200,7 +218,7 @@ def stack_up() -> None:
     from doodle_lib import stack as embedded
 
     try:
-        raise SystemExit(embedded.up(get_settings(), click.echo))
+        raise SystemExit(embedded.up(current_settings(), click.echo))
     except embedded.StackError as error:
         raise click.ClickException(str(error)) from None
 
@@ -211,7 +229,7 @@ def stack_down() -> None:
     from doodle_lib import stack as embedded
 
     try:
-        stopped = embedded.down(get_settings())
+        stopped = embedded.down(current_settings())
     except embedded.StackError as error:
         raise click.ClickException(str(error)) from None
     click.echo("stopped" if stopped else "the stack is not running")
@@ -222,7 +240,7 @@ def stack_status() -> None:
     """Whether the stack runs, and each service's health."""
     from doodle_lib import stack as embedded
 
-    settings = get_settings()
+    settings = current_settings()
     pid = embedded.running_pid(settings)
     click.echo(f"stack: {'running, pid ' + str(pid) if pid else 'not running'}")
     for name, url, ok in embedded.status(settings):
@@ -239,7 +257,7 @@ def proposals_list() -> None:
     """Each proposal with its drawings, status, and whether the next retraining may add it."""
     from doodle_lib import proposals as store
 
-    settings = get_settings()
+    settings = current_settings()
     needs = f"{settings.proposal_min_drawings} drawings" + (
         " and approval" if settings.proposals_require_approval else ""
     )
@@ -255,7 +273,7 @@ def proposals_approve(name: str) -> None:
     """Let NAME be trained once it has enough drawings (needed when approval is required)."""
     from doodle_lib import proposals as store
 
-    settings = get_settings()
+    settings = current_settings()
     with proposal_errors():
         proposal = store.approve(settings, name)
     click.echo(f"approved {proposal.name!r}: {proposal.count} of {settings.proposal_min_drawings} drawings")
@@ -268,7 +286,7 @@ def proposals_rename(name: str, new: str) -> None:
     """Rename NAME to NEW; if NEW is a known category or another proposal, merge into it."""
     from doodle_lib import proposals as store
 
-    settings = get_settings()
+    settings = current_settings()
     with proposal_errors():
         destination, moved = store.rename(settings, name, new, known_categories(settings))
     click.echo(f"{name!r} is now {describe(destination)}; drawings moved: {moved}")
@@ -281,7 +299,7 @@ def proposals_merge(name: str, into: str) -> None:
     """Move the drawings of NAME into the proposal or known category INTO."""
     from doodle_lib import proposals as store
 
-    settings = get_settings()
+    settings = current_settings()
     with proposal_errors():
         destination, moved = store.merge(settings, name, into, known_categories(settings))
     click.echo(f"merged {name!r} into {describe(destination)}; drawings moved: {moved}")
@@ -295,7 +313,7 @@ def proposals_reject(name: str, reason: str) -> None:
     from doodle_lib import proposals as store
 
     with proposal_errors():
-        folder = store.reject(get_settings(), name, reason)
+        folder = store.reject(current_settings(), name, reason)
     click.echo(f"rejected {name!r}: its drawings are kept in {folder}")
 
 

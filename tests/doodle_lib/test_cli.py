@@ -159,3 +159,11 @@ def test_train_names_missing_data_instead_of_a_traceback(tmp_path):
     unstored = doodle("train", "--dry-run", env=moved)
     assert unstored.returncode == 1 and "does not hold dataset version" in unstored.stderr, unstored.stderr
     assert "Traceback" not in unstored.stderr
+
+
+def test_a_bad_setting_is_named_by_its_variable_not_a_traceback(tmp_path):
+    env = {**os.environ, "DOODLE_DATA_DIR": str(tmp_path), "DOODLE_EVAL_PER_CATEGORY": "many"}
+    for args in (("data", "prepare"), ("proposals", "list"), ("stack", "status")):
+        refused = doodle(*args, env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "bad setting: DOODLE_EVAL_PER_CATEGORY='many': Input should be a valid integer" in refused.stderr
