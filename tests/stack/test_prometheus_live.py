@@ -290,6 +290,17 @@ def test_the_confidence_percentiles_show_no_confidence_a_prediction_cannot_have(
     assert len(shown) == 4 and min(shown.values()) >= 0.15, shown
 
 
+def test_the_most_frequent_corrections_are_pairs_users_corrected(live):
+    """Every pair of categories is exported at 0 from a version's load: fewer than ten corrected pairs (this traffic
+    corrects fewer) must not fill the table with pairs nobody corrected."""
+    prometheus, _, _ = live
+    [dashboard] = [json.loads(p.read_text()) for p in DASHBOARDS if json.loads(p.read_text())["title"].endswith("Model quality")]
+    [expr] = [expr for title, expr in queries(dashboard) if title == "Most frequent corrections (last day)"]
+    rows = {(s["metric"]["predicted_label"], s["metric"]["label"]): float(s["value"][1])
+            for s in query(prometheus, grafana_expr(expr, dashboard))}
+    assert rows and min(rows.values()) > 0, rows
+
+
 def test_the_model_loads_panel_counts_the_promotion(live):
     """Both workers loaded the promoted version: the panel must count two loads, not the one or none it can see."""
     prometheus, _, _ = live
