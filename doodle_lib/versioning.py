@@ -66,8 +66,13 @@ def checkout(project: Path, version: str, destination: str) -> Path:
     pointer = target.with_name(f"{target.name}.dvc")
     pointer.parent.mkdir(parents=True, exist_ok=True)
     pointer.write_text(yaml.safe_dump({"outs": [{"md5": version, "path": target.name, "hash": "md5"}]}))
-    with atomic.exclusive(project / VERSIONING_LOCK):
-        dvc(project, "pull", "--quiet", str(pointer.relative_to(project)))
+    try:
+        with atomic.exclusive(project / VERSIONING_LOCK):
+            # Not --quiet: that silences DVC's error too, and a version missing from the remote went unexplained.
+            dvc(project, "pull", str(pointer.relative_to(project)))
+    except VersioningError:
+        pointer.unlink()  # a pointer to data that is not there would only be in the way of the next try
+        raise
     return target
 
 

@@ -33,3 +33,11 @@ def test_a_destination_outside_the_project_is_refused_and_nothing_is_written(pro
     with pytest.raises(versioning.VersioningError, match="is not a folder inside"):
         versioning.checkout(data, version, outside)
     assert not (data / "checkouts").exists() and not (data.parent / "elsewhere").exists()
+
+
+def test_a_version_the_remote_lacks_is_explained_and_leaves_no_pointer(project) -> None:
+    data, _ = project
+    with pytest.raises(versioning.VersioningError, match="Missing cache files") as refused:
+        versioning.checkout(data, "0123456789abcdef0123456789abcdef.dir", "checkouts/v9")
+    assert "0123456789abcdef0123456789abcdef.dir" in str(refused.value)
+    assert not (data / "checkouts" / "v9.dvc").exists() and not (data / "checkouts" / "v9").exists()
