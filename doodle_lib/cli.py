@@ -44,7 +44,8 @@ def data() -> None:
 
 @data.command()
 @click.option("--categories", required=True, help="Comma-separated names, e.g. 'cat,hot air balloon'.")
-@click.option("--max-per-category", type=click.IntRange(min=1), help="Keep only the first N drawings of each.")
+@click.option("--max-per-category", type=click.IntRange(min=1),
+              help="Fetch only the first N drawings of each (a file that already holds more is kept as it is).")
 @click.option("--base-url", help="Where Google's files are (default: DOODLE_QUICKDRAW_URL).")
 @click.option("--dest", type=click.Path(path_type=Path), help="Folder for the files (default: <data>/quickdraw).")
 def download(categories: str, max_per_category: int | None, base_url: str | None, dest: Path | None) -> None:
