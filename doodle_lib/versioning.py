@@ -24,7 +24,9 @@ def dvc(project: Path, *args: str) -> str:
     command = [sys.executable, "-m", "dvc", *args]
     done = subprocess.run(command, cwd=project, capture_output=True, text=True)
     if done.returncode != 0:
-        raise VersioningError(f"dvc {' '.join(args)} failed in {project}: {done.stderr.strip() or done.stdout.strip()}")
+        output = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        reason = "\n".join(line for line in output if not line.startswith("Having any troubles?"))  # DVC's advert
+        raise VersioningError(f"dvc {' '.join(args)} failed in {project}: {reason or 'no reason given'}")
     return done.stdout
 
 
@@ -44,8 +46,9 @@ def commit(project: Path, folder: str) -> str:
     # One DVC command sequence at a time (both DAGs version the dataset): otherwise one could read the hash of the
     # other's `add` before that version is pushed, and DVC's own lock gives up after a few seconds.
     with atomic.exclusive(project / VERSIONING_LOCK):
-        dvc(project, "add", "--quiet", folder)
-        dvc(project, "push", "--quiet", f"{folder}.dvc")
+        # Not --quiet: that silences DVC's errors too (a failed push said nothing). The output is only shown on failure.
+        dvc(project, "add", folder)
+        dvc(project, "push", f"{folder}.dvc")
         return dataset_hash(project / f"{folder}.dvc")
 
 

@@ -41,3 +41,13 @@ def test_a_version_the_remote_lacks_is_explained_and_leaves_no_pointer(project) 
         versioning.checkout(data, "0123456789abcdef0123456789abcdef.dir", "checkouts/v9")
     assert "0123456789abcdef0123456789abcdef.dir" in str(refused.value)
     assert not (data / "checkouts" / "v9.dvc").exists() and not (data / "checkouts" / "v9").exists()
+
+
+def test_a_push_that_fails_says_why(tmp_path: Path) -> None:
+    data, remote = tmp_path / "data", tmp_path / "remote"
+    atomic.write_npz(data / "dataset" / "base.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.array(["a", "b"]))
+    versioning.ensure_project(data, remote)
+    remote.rmdir()
+    remote.write_text("a file where the remote folder should be")
+    with pytest.raises(versioning.VersioningError, match="dvc push .*Not a directory"):
+        versioning.commit(data, "dataset")
