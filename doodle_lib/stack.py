@@ -405,8 +405,11 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     echo("==> starting " + ", ".join(names))
     honcho = subprocess.Popen(command, cwd=PROJECT_ROOT, start_new_session=True)
     write_pid_file(settings, honcho.pid)
+    stop_asked = False
 
     def forward(signum, _frame):
+        nonlocal stop_asked
+        stop_asked = True
         if honcho.poll() is None:
             os.killpg(honcho.pid, signal.SIGTERM)  # honcho stops every service, then exits
 
@@ -424,7 +427,9 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
         # No other subprocess of this one runs from here on, so no Popen loses its child's status to the handler.
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: reap_orphans(honcho.pid))
         reap_orphans(honcho.pid)  # those that ended during the start
-        return honcho.wait()
+        code = honcho.wait()
+        # Stopped as asked (Ctrl-C, `make down`): honcho's 143 for its SIGTERM would make `make up` report an error.
+        return 0 if stop_asked else code
     finally:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         stop_group(honcho)

@@ -128,3 +128,9 @@ class Platform:
         assert self.process.wait(120) is not None
         gone, alive = psutil.wait_procs(tree, timeout=30)
         assert not alive, f"left running after Ctrl-C: {[p.info for p in alive]}"
+
+    def down(self) -> int:
+        """`make down` from another terminal; returns the exit code of `make up`."""
+        done = subprocess.run(["make", "-s", "down"], cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == "stopped", done.stdout + done.stderr
+        return self.process.wait(60)

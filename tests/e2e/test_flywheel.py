@@ -107,7 +107,7 @@ def test_restart_keeps_the_model_and_the_waiting_feedback(platform):
         assert step not in text, f"the second start repeated: {step}"
     wait_until(lambda: stack.model()["version"] == served, 120, f"version {served} to be served again")
     assert sorted(ref.key for ref in feedback.complete(feedback_dir)) == before
-    platform.stop()
+    assert platform.down() == 0, "`make up` stopped by `make down` reports an error"
 
     # With the platform down, the `doodle` command reads the same store, the served model's files included.
     env = {**platform.env, "MLFLOW_TRACKING_URI": ""}
