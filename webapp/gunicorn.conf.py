@@ -66,6 +66,11 @@ errorlog = "-"
 loglevel = "info"
 
 
+def when_ready(server):
+    # With reuse_port the master holds no listening socket, so gunicorn's own "Listening at:" line names no address.
+    server.log.info("web app listening on %s", ", ".join(f"http://{address}" for address in server.cfg.bind))
+
+
 def post_fork(server, worker):
     # Two cores: one intra-op thread per worker, so workers do not fight over cores.
     torch.set_num_threads(1)

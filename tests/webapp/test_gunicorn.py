@@ -28,6 +28,11 @@ def served(settings, versions, tmp_path):
         yield url
 
 
+def test_the_log_says_where_the_web_app_listens(served, tmp_path):
+    port = served.rsplit(":", 1)[1]
+    assert f"web app listening on http://127.0.0.1:{port}" in (tmp_path / f"gunicorn-{port}.log").read_text()
+
+
 def post_many(url: str, count: int, label: str, errors: list) -> None:
     """`count` feedback posts on one keep-alive connection."""
     port = int(url.rsplit(":", 1)[1])
