@@ -259,12 +259,30 @@ def check_ports(settings: Settings) -> None:
                 ) from None
 
 
-def run_step(description: str, command: list[str], env: dict[str, str], echo: Callable[[str], None]) -> None:
-    """Run one initialisation command, showing its output, and stop with a message if it fails."""
+def run_step(
+    description: str, command: list[str], env: dict[str, str], echo: Callable[[str], None],
+    stopped: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run one initialisation command, showing its output, and stop with a message if it fails; end it early, and
+    quietly, once `stopped()` (a stop was asked: `make down` signals this process only, not the step's)."""
     echo(f"==> {description}")
-    done = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT_ROOT)
-    if done.returncode != 0:
-        raise StackError(f"{description} failed (exit {done.returncode}); the output above says why")
+    step = subprocess.Popen(command, env={**os.environ, **env}, cwd=PROJECT_ROOT)
+    while (code := _exit_code(step, 0.5)) is None:
+        if stopped():
+            step.terminate()
+            step.wait()
+            break
+    if stopped():  # a Ctrl-C also reaches the step, which then ends with an error of its own
+        echo(f"==> stopped: {description}")
+    elif code != 0:
+        raise StackError(f"{description} failed (exit {code}); the output above says why")
+
+
+def _exit_code(process: subprocess.Popen, timeout: float) -> int | None:
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def initialise(settings: Settings, echo: Callable[[str], None]) -> None:
@@ -277,9 +295,11 @@ def initialise(settings: Settings, echo: Callable[[str], None]) -> None:
     write_prometheus_config(settings)
 
 
-def ensure_first_model(settings: Settings, echo: Callable[[str], None], timeout: float = 120) -> None:
+def ensure_first_model(
+    settings: Settings, echo: Callable[[str], None], timeout: float = 120, stopped: Callable[[], bool] = lambda: False
+) -> None:
     """Train, register and promote a first model if the registry has no production model yet, then wait until the
-    web app serves it."""
+    web app serves it; gives up quietly once `stopped()`."""
     if has_production_model(settings):
         return
     command = [str(VENV_BIN / "doodle"), "train", "--promote"]
@@ -287,10 +307,10 @@ def ensure_first_model(settings: Settings, echo: Callable[[str], None], timeout:
     # its artifacts live in a plain folder (the one the server also serves), so the `doodle` command reads every
     # model without a server. Through the server they would be mlflow-artifacts:/ URIs that only a server resolves.
     env = {**environment(settings), "MLFLOW_TRACKING_URI": "", "DOODLE_TORCH_THREADS": "0"}
-    run_step("training the first model (about a minute)", command, env, echo)
+    run_step("training the first model (about a minute)", command, env, echo, stopped)
     webapp = next(s for s in services(settings) if s.name == "webapp").url()
     deadline = time.monotonic() + timeout
-    while not served_version(webapp):
+    while not stopped() and not served_version(webapp):
         if time.monotonic() > deadline:
             raise StackError(f"the web app did not load the first model within {timeout:.0f}s; its log lines are above")
         time.sleep(0.5)
@@ -418,10 +438,11 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
     try:
         wait_until_ready(settings, honcho, ready_timeout)
         if honcho.poll() is None and settings.webhook_secret:
-            run_step("registering the registry webhook", [str(VENV_BIN / "doodle"), "webhook"], environment(settings), echo)
+            run_step("registering the registry webhook", [str(VENV_BIN / "doodle"), "webhook"], environment(settings), echo,
+                     lambda: stop_asked)
         if honcho.poll() is None:
-            ensure_first_model(settings, echo)
-        if honcho.poll() is None:
+            ensure_first_model(settings, echo, stopped=lambda: stop_asked)
+        if honcho.poll() is None and not stop_asked:
             echo(banner(settings))
         # Adopted descendants that end are this process's to reap (nothing else waits for them); honcho is waited for.
         # No other subprocess of this one runs from here on, so no Popen loses its child's status to the handler.

@@ -126,3 +126,29 @@ def test_adopted_descendants_that_end_are_reaped():
     done = subprocess.run([sys.executable, "-c", ADOPTED_ZOMBIES], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["['zombie']", "[]"]
+
+
+def test_a_stop_ends_the_running_step_at_once_and_quietly(tmp_path):
+    """`make down` signals `doodle stack up` only: the step it runs (the first model's training) must end with it."""
+    import sys
+    import threading
+    import time
+
+    import psutil
+
+    pid_file = tmp_path / "step.pid"
+    sleeper = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    asked = threading.Event()
+    threading.Timer(2.0, asked.set).start()
+    said, started = [], time.monotonic()
+    stack.run_step("a long step", [sys.executable, "-c", sleeper], {}, said.append, asked.is_set)
+    assert time.monotonic() - started < 15
+    assert said == ["==> a long step", "==> stopped: a long step"]
+    assert not psutil.pid_exists(int(pid_file.read_text()))
+
+
+def test_a_step_that_fails_unasked_is_an_error_naming_it():
+    import sys
+
+    with pytest.raises(stack.StackError, match=r"a failing step failed \(exit 3\)"):
+        stack.run_step("a failing step", [sys.executable, "-c", "raise SystemExit(3)"], {}, lambda line: None)
