@@ -143,7 +143,10 @@ class ModelHolder:
 
     def _unreachable(self, error: Exception) -> None:
         if self.registry_reachable or not self.last_error:
-            log.warning("registry unreachable, still serving %s: %s", self.served and self.served.version, error)
+            # At a stack's start the web app may ask before MLflow listens: the next poll finds it.
+            serving = f"still serving version {self.served.version}" if self.served else "no model loaded yet"
+            log.warning("registry unreachable (%s; asking again every %g s): %s", serving,
+                        self.settings.model_poll_seconds, error)
         self.registry_reachable = False
         self.last_error = f"registry unreachable: {error.__class__.__name__}"
 
