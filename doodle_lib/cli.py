@@ -25,6 +25,27 @@ def current_settings():
         raise click.ClickException(f"bad setting: {problems}") from None
 
 
+def require_mlflow(settings) -> None:
+    """Fail at once, naming the server, when MLFLOW_TRACKING_URI is a server that does not answer: MLflow's client
+    would retry for minutes before its own traceback."""
+    import urllib.error
+    import urllib.request
+
+    uri = settings.mlflow_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:  # it answers (behind a proxy or authentication, perhaps): MLflow's client decides
+        return
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise click.ClickException(
+            f"the MLflow server at {uri} does not answer ({reason}): start the platform (`make up`) or set "
+            "MLFLOW_TRACKING_URI to a running server"
+        ) from None
+
+
 def environment_variable(field: str) -> str:
     """The variable a settings field is read from: DOODLE_<FIELD>, or the alias it was found under."""
     return field if field.isupper() else f"DOODLE_{field.upper()}"
@@ -108,8 +129,10 @@ def checkout(model_version: str, dest: str | None) -> None:
     """Restore exactly the dataset a model version was trained on, from the DVC remote."""
     from doodle_lib import lineage
 
+    settings = current_settings()
+    require_mlflow(settings)
     try:
-        click.echo(lineage.checkout_model_dataset(current_settings(), model_version, dest))
+        click.echo(lineage.checkout_model_dataset(settings, model_version, dest))
     except (LookupError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
 
@@ -148,6 +171,7 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
             baseline.train_checkpoint(data_dir or settings.dataset_dir, checkpoint, config)
             click.echo(checkpoint)
             return
+        require_mlflow(settings)
         result = baseline.train_base(settings, config, promote=promote, run_name="dry-run" if dry_run else "base")
     except (FileNotFoundError, ValueError, VersioningError) as error:  # no data, not a dataset, not in the remote
         raise click.ClickException(str(error)) from None
@@ -175,6 +199,7 @@ def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
             version = checkpoint.name
             result = baseline.evaluate_checkpoint(checkpoint, evaluation or settings.evaluation_path, metrics_file)
         else:
+            require_mlflow(settings)
             version, result = baseline.evaluate_version(settings, model_version)
     except (LookupError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
@@ -198,6 +223,7 @@ def webhook(url: str | None) -> None:
     if not settings.mlflow_uri.startswith(("http://", "https://")):
         raise click.ClickException("only an MLflow server delivers webhooks: set MLFLOW_TRACKING_URI to it (`make up` "
                                    "registers the webhook itself when DOODLE_WEBHOOK_SECRET is set)")
+    require_mlflow(settings)
     try:
         hook = tracking.ensure_webhook(settings, url or f"http://{settings.webapp_bind}/webhooks/mlflow")
     except MlflowException as error:
@@ -338,6 +364,7 @@ def known_categories(settings) -> list[str]:
     """The production model's categories, as the web app offers them; the base data's while none is served."""
     from doodle_lib import dataset, tracking
 
+    require_mlflow(settings)
     try:
         version = tracking.production_version(settings, tracking.registry_client(settings))
     except Exception as error:  # noqa: BLE001 - any registry failure: merging without the categories would guess

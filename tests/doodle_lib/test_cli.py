@@ -167,3 +167,17 @@ def test_a_bad_setting_is_named_by_its_variable_not_a_traceback(tmp_path):
         refused = doodle(*args, env=env)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert "bad setting: DOODLE_EVAL_PER_CATEGORY='many': Input should be a valid integer" in refused.stderr
+
+
+def test_an_mlflow_server_that_does_not_answer_is_named_at_once(tmp_path):
+    from tests.services import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "DOODLE_DATA_DIR": str(tmp_path / "data"), "DOODLE_STORAGE_DIR": str(tmp_path / "storage"),
+           "MLFLOW_TRACKING_URI": nowhere}
+    for args in (("evaluate",), ("train", "--dry-run"), ("data", "checkout", "--model-version", "1"),
+                 ("proposals", "merge", "kitty", "cat")):
+        # MLflow's own client retries for about four minutes before its traceback.
+        refused = subprocess.run([DOODLE, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"the MLflow server at {nowhere} does not answer" in refused.stderr, refused.stderr
