@@ -94,9 +94,9 @@ def train_base(settings: Settings, config, promote: bool = False, run_name: str 
 
 def evaluate_version(settings: Settings, version: str | None = None):
     """Evaluate a registered version (default: production) on the fixed evaluation set."""
-    from doodle_lib import tracking, training
-
     from mlflow.exceptions import MlflowException
+
+    from doodle_lib import tracking, training
 
     if version is None:
         production = tracking.production_version(settings)
@@ -104,7 +104,7 @@ def evaluate_version(settings: Settings, version: str | None = None):
             raise LookupError(f"no version of {settings.model_name} is marked {settings.production_alias!r} yet")
         version = production.version
     try:  # looked up first: loading names a missing version only in a traceback, and takes "abc" for a stage
-        tracking.client(settings).get_model_version(settings.model_name, str(version))
+        tracking.registry_client(settings).get_model_version(settings.model_name, str(version))
     except MlflowException as error:
         raise LookupError(f"no version {version} of {settings.model_name}: {error.message}") from None
     model = tracking.load_version(settings, version)

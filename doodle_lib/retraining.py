@@ -131,20 +131,25 @@ def _anywhere(ref: feedback.DrawingRef, *folders: Path) -> bool:
     return any((f / ref.category / f"{ref.id}{suffix}").exists() for f in folders for suffix in (".png", ".json"))
 
 
+def manifest(settings: Settings, batch: str) -> dict:
+    """What the batch's snapshot took, as it wrote it down before moving anything."""
+    return json.loads((settings.batches_dir / batch / MANIFEST).read_text())
+
+
 def batch_keys(settings: Settings, batch: str) -> list[str]:
     """The drawings a batch holds, as its snapshot recorded them: feedback, then proposals' drawings."""
-    plan = json.loads((settings.batches_dir / batch / MANIFEST).read_text())
+    plan = manifest(settings, batch)
     return plan["keys"] + [key for keys in plan.get("proposals", {}).values() for key in keys]
 
 
 def batch_proposals(settings: Settings, batch: str) -> list[str]:
     """The proposed categories whose drawings the batch took."""
-    return sorted(json.loads((settings.batches_dir / batch / MANIFEST).read_text()).get("proposals", {}))
+    return sorted(manifest(settings, batch).get("proposals", {}))
 
 
 def withdrawn_proposals(settings: Settings, batch: str, names: list[str]) -> list[str]:
     """Those of the batch's proposals `names` an operator rejected, renamed or merged after the snapshot took them."""
-    created = json.loads((settings.batches_dir / batch / MANIFEST).read_text()).get("proposals_created", {})
+    created = manifest(settings, batch).get("proposals_created", {})
     state = {proposal.name: proposal.created_at for proposal in proposals.list_all(settings)}
     return sorted(name for name in names if state.get(name) != created.get(name))
 

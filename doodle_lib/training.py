@@ -5,7 +5,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -36,11 +36,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Refuse a value training cannot use, naming the field: a params file's values are whatever YAML made."""
-        for name, least in LEAST.items():
-            value = getattr(self, name)
-            if value is None and name == "limit_per_class":
+        for item in fields(self):
+            name, value, least = item.name, getattr(self, item.name), LEAST[item.name]
+            if value is None and item.default is None:  # limit_per_class: no limit
                 continue
-            whole = name not in ("learning_rate", "weight_decay", "replay_ratio")
+            whole = not isinstance(item.default, float)
             number = isinstance(value, int) or (not whole and isinstance(value, float) and math.isfinite(value))
             if isinstance(value, bool) or not number or (least is not None and value < least):
                 kind = "a whole number" if whole else "a finite number"

@@ -91,12 +91,18 @@ def on_reload(result: str | None, served) -> None:
 _prediction_children: dict[tuple[str, str], tuple] = {}
 
 
-def observe_prediction(version: str, label: str, confidence: float) -> None:
+def prediction_series(label: str, version: str) -> tuple:
+    """The prediction counter and confidence histogram of one (label, version) pair."""
     children = _prediction_children.get((label, version))
     if children is None:
         children = _prediction_children[label, version] = (PREDICTIONS.labels(label, version), CONFIDENCE.labels(version))
-    children[0].inc()
-    children[1].observe(confidence)
+    return children
+
+
+def observe_prediction(version: str, label: str, confidence: float) -> None:
+    predictions, confidences = prediction_series(label, version)
+    predictions.inc()
+    confidences.observe(confidence)
 
 
 def export_version(version: str, categories: list[str]) -> None:
@@ -107,7 +113,7 @@ def export_version(version: str, categories: list[str]) -> None:
     first seconds of each of its 30 correction pairs (6 categories) and mostly count confirmations.
     """
     for predicted in categories:
-        _prediction_children[predicted, version] = (PREDICTIONS.labels(predicted, version), CONFIDENCE.labels(version))
+        prediction_series(predicted, version)
         for label in categories:
             FEEDBACK.labels(version, predicted, label, "confirmed" if predicted == label else "correction")
 
