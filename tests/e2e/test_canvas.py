@@ -53,6 +53,8 @@ def test_mouse_drawing_predicts_and_a_correction_is_saved(browser, webapp_url, s
             page.mouse.move(*point, steps=2)
         page.mouse.up()
     page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    # Guesses about the first strokes stay shown until the answer about all of them arrives, which enables Right.
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
     top = page.locator("#predictions li").first.get_attribute("data-label")
     assert top in CATEGORIES
     assert page.locator("#bitmap").is_visible()
