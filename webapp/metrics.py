@@ -67,6 +67,7 @@ def init_app(app) -> None:
         PROPOSED.labels(outcome)
     holder.on_check = lambda reachable: REGISTRY_UP.set(1 if reachable else 0)
     on_reload(None, holder.served)
+    export_unprompted(holder.known_categories())  # feedback is accepted before any model is served
     REGISTRY_UP.set(1 if holder.registry_reachable else 0)
 
     @app.before_request
@@ -116,6 +117,13 @@ def export_version(version: str, categories: list[str]) -> None:
         prediction_series(predicted, version)
         for label in categories:
             FEEDBACK.labels(version, predicted, label, "confirmed" if predicted == label else "correction")
+    export_unprompted(categories)
+
+
+def export_unprompted(categories: list[str]) -> None:
+    """The series of drawings labelled with no prediction to answer (version and prediction "none"), at 0."""
+    for label in categories:
+        FEEDBACK.labels("none", "none", label, "unprompted")
 
 
 def observe_feedback(version: str, predicted: str, label: str, kind: str) -> None:

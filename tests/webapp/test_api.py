@@ -91,8 +91,12 @@ def test_without_production_model(bare_app, settings):
     assert "No model is in production yet" in client.get("/").data.decode()
     assert client.get("/api/model").json["status"] == "no_model"
     assert client.get("/readyz").status_code == 200  # the registry answered: there is simply none yet
+    unprompted = ("doodle_feedback_total", (("kind", "unprompted"), ("label", "apple"), ("model_version", "none"),
+                                            ("predicted_label", "none")))
+    assert samples(client.get("/metrics").data.decode())[unprompted] == 0  # there from the start, for increase()
     saved = client.post("/api/feedback", json={"strokes": strokes, "label": "apple"})
     assert saved.status_code == 201 and feedback.count(settings.feedback_dir) == 1
+    assert samples(client.get("/metrics").data.decode())[unprompted] == 1
 
 
 
@@ -164,6 +168,8 @@ def test_metrics_export_a_served_versions_series_before_its_first_answer(client,
             kind = "confirmed" if predicted == label else "correction"
             key = (("kind", kind), ("label", label), ("model_version", versions[0]), ("predicted_label", predicted))
             assert ("doodle_feedback_total", key) in exported, key
+        unprompted = (("kind", "unprompted"), ("label", predicted), ("model_version", "none"), ("predicted_label", "none"))
+        assert ("doodle_feedback_total", unprompted) in exported, unprompted
     assert ("doodle_prediction_confidence_count", (("model_version", versions[0]),)) in exported
 
 
