@@ -64,7 +64,7 @@ def test_mouse_drawing_predicts_and_a_correction_is_saved(browser, webapp_url, s
     page.select_option("#wrong-label", correct)
     page.click("#wrong")
     page.locator("#message.ok").wait_for(timeout=10_000)
-    assert f"Saved as a {correct}" in page.locator("#message").inner_text()
+    assert f'Saved as "{correct}"' in page.locator("#message").inner_text()
     [record] = stored(settings)
     assert (record["label"], record["predicted_label"], record["kind"]) == (correct, top, "correction")
     assert record["model_version"] == versions[0] and len(record["strokes"]) == len(DRAWING[2])
@@ -82,6 +82,7 @@ def test_touch_drawing_on_a_phone_and_confirming(browser, webapp_url, settings, 
     for stroke in canvas_points(page, DRAWING[2]):
         touch(cdp, stroke)
     page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)  # the answer about every stroke is in
     top = page.locator("#predictions li").first.get_attribute("data-label")
     # The page fits the phone: nothing wider than the viewport, the buttons reachable.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
@@ -92,6 +93,9 @@ def test_touch_drawing_on_a_phone_and_confirming(browser, webapp_url, settings, 
     page.locator("#right").click()
     page.wait_for_function("document.getElementById('message').textContent !== ''", timeout=10_000)
     assert "confirmed" in page.locator("#message").inner_text(), page.locator("#message").inner_text()
+    # The thanks is in view: the canvas, now empty, is what the phone shows, and the message sits below it.
+    shown = page.evaluate("(({top, bottom}) => [top, bottom])(document.getElementById('message').getBoundingClientRect())")
+    assert 0 <= shown[0] and shown[1] <= 844, shown
     [record] = stored(settings)
     assert (record["label"], record["predicted_label"], record["kind"]) == (top, top, "confirmed")
     assert len(record["strokes"]) == len(DRAWING[2])
@@ -110,7 +114,7 @@ def test_none_of_these_proposes_a_typed_category(browser, webapp_url, settings, 
         page.mouse.up()
     page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
     assert page.locator("#new-label").is_hidden()
-    page.select_option("#wrong-label", "")
+    page.select_option("#wrong-label", label="none of these: name it")
     assert page.locator("#new-label").is_visible()
     page.fill("#new-label", "../dog")
     page.click("#wrong")
@@ -226,6 +230,7 @@ def answer_until_enabled(page, held, button: str) -> None:
 def test_right_waits_for_the_answer_about_the_strokes_drawn(browser, webapp_url, settings):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(webapp_url)
+    page.select_option("#wrong-label", "apple")  # chosen: Save waits for the answer alone
     held = hold_predictions(page)
     draw_with_mouse(page, DRAWING[2][:1])
     answer_until_enabled(page, held, "right")
@@ -253,8 +258,8 @@ def test_a_correction_after_undo_names_the_answer_about_what_is_left(browser, we
     page.goto(webapp_url)
     held = hold_predictions(page)
     draw_with_mouse(page, DRAWING[2][:2])
-    answer_until_enabled(page, held, "wrong")
     page.select_option("#wrong-label", "apple")
+    answer_until_enabled(page, held, "wrong")
     page.click("#undo")
     assert page.locator("#wrong").is_disabled()  # "fish" is about both strokes
     answer_until_enabled(page, held, "wrong")
@@ -301,4 +306,92 @@ def test_ink_lands_under_the_pointer_inside_the_border(browser, webapp_url):
             page.mouse.up()
         [[xs, ys, _]] = request.value.post_data_json["strokes"]
         assert (xs[0], ys[0]) == (pytest.approx(40, abs=0.5), pytest.approx(70, abs=0.5)), scale
+    page.close()
+
+
+def test_a_double_click_saves_one_drawing(browser, webapp_url, settings, versions):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    draw_with_mouse(page, DRAWING[2])
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
+    page.dblclick("#right")
+    saved_record(page, settings)
+    page.wait_for_timeout(500)  # a second save would be on its way by now
+    assert len(stored(settings)) == 1
+    page.close()
+
+
+def test_guesses_follow_a_long_stroke(browser, webapp_url, versions):
+    """The page asks while the pen keeps moving, not only once it pauses: guesses show before the pen lifts."""
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    asked = []
+    page.on("request", lambda request: asked.append(request) if request.url.endswith("/api/predict") else None)
+    [stroke] = canvas_points(page, DRAWING[2][:1])
+    page.mouse.move(*stroke[0])
+    page.mouse.down()
+    for i in range(40):  # 1.6 s of moving without a pause as long as the page waits for one
+        x, y = stroke[i % len(stroke)]
+        page.mouse.move(x + i, y)
+        page.wait_for_timeout(40)
+    page.locator("#predictions li").first.wait_for(timeout=10_000)
+    assert len(asked) >= 2, len(asked)
+    assert page.locator("#right").is_disabled()  # the guesses are about the stroke as it was: not yet to confirm
+    page.mouse.up()
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
+    page.close()
+
+
+def test_a_server_out_of_reach_is_said_plainly_and_asked_again(browser, webapp_url, versions):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    page.route("**/api/predict", lambda route: route.abort("connectionrefused"))
+    draw_with_mouse(page, DRAWING[2])
+    page.locator("#message.error").wait_for(timeout=10_000)
+    assert "can't reach the server" in page.locator("#message").inner_text()
+    assert "TypeError" not in page.locator("#message").inner_text()
+    page.unroute("**/api/predict")
+    # The server is back: the same drawing is asked about again, without another stroke, and the error goes.
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
+    assert page.locator("#message").inner_text() == ""
+    page.close()
+
+
+def test_turning_the_phone_keeps_the_drawing_in_place(browser, webapp_url, versions):
+    context = browser.new_context(viewport={"width": 844, "height": 390}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(webapp_url)
+    cdp = context.new_cdp_session(page)
+    for stroke in canvas_points(page, DRAWING[2], margin=0.05):
+        touch(cdp, stroke)
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    before = page.evaluate("[canvas.clientWidth, strokes.map(([xs, ys]) => [xs.slice(), ys.slice()])]")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function(f"canvas.clientWidth !== {before[0]}")
+    page.wait_for_timeout(100)  # the resize observer's turn
+    after = page.evaluate("[canvas.clientWidth, strokes.map(([xs, ys]) => [xs.slice(), ys.slice()])]")
+    factor = after[0] / before[0]
+    assert factor != 1
+    for (xs, ys), (new_xs, new_ys) in zip(before[1], after[1]):
+        assert new_xs == pytest.approx([x * factor for x in xs]) and new_ys == pytest.approx([y * factor for y in ys])
+    assert max(max(xs) for xs, _ in after[1]) <= after[0]  # all of it still on the canvas
+    context.close()
+
+
+def test_save_needs_a_chosen_category_and_enter_saves_a_typed_name(browser, webapp_url, settings, versions):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    right = page.locator("#right").bounding_box()
+    draw_with_mouse(page, DRAWING[2])
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
+    assert page.locator("#right").bounding_box() == right  # three guesses fit the room kept for them
+    assert page.locator("#wrong").is_disabled()  # "choose..." is no category: nothing chosen, nothing to save
+    page.select_option("#wrong-label", label="none of these: name it")
+    page.fill("#new-label", "unicycle")
+    page.press("#new-label", "Enter")
+    page.locator("#message.ok").wait_for(timeout=10_000)
+    assert 'proposed category "unicycle"' in page.locator("#message").inner_text()
+    # Ready for the next drawing: nothing chosen, no name.
+    assert page.evaluate("[wrongLabel.selectedIndex, newLabel.hidden, newLabel.value]") == [0, True, ""]
     page.close()

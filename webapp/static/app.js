@@ -8,22 +8,35 @@ const message = document.getElementById("message");
 const rightButton = document.getElementById("right");
 const wrongButton = document.getElementById("wrong");
 const wrongLabel = document.getElementById("wrong-label");
+const nameIt = document.getElementById("name-it"); // the "none of these" option; option 0 is "choose..."
 const newLabel = document.getElementById("new-label");
-const DEBOUNCE_MS = 120;
+const DEBOUNCE_MS = 120; // ask once the pen pauses this long...
+const MAX_WAIT_MS = 300; // ...or this long after the first unanswered change: guesses follow a long stroke too
+const RETRY_MS = 3000; // asking again after the server did not answer
 let strokes = [];
 let current = null;
 let pointer = null; // the pointer drawing the current stroke: a second finger meanwhile is ignored
+let side = 0; // the canvas's width in CSS px, which the strokes' coordinates are in
 let last = null; // the answer about the strokes as they are now, {model_version, predictions}; null until it arrives
 let timer = null;
-let sequence = 0; // counts changes to the strokes: an answer about strokes changed since its request is dropped
+let waitingSince = null; // when the first change not yet asked about was made
+let sequence = 0; // counts changes to the strokes
+let epoch = 0; // counts changes that take ink away (undo, clear, a save): answers from before one are dropped
+let shown = 0; // the change the guesses on the page are about: older answers are dropped
+let saving = false;
 const start = performance.now();
 
 function resize() {
-  // Draw in device pixels so lines stay sharp; strokes keep CSS pixel coordinates.
+  // Draw in device pixels so lines stay sharp. Strokes are in CSS px: scaled with the canvas (a phone turned
+  // sideways) they keep their place on it; the server normalises the scale away, so the guesses stand.
   const ratio = window.devicePixelRatio || 1;
-  const side = canvas.clientWidth;
-  canvas.width = side * ratio;
-  canvas.height = side * ratio;
+  const width = canvas.clientWidth;
+  if (side && width && width !== side) {
+    for (const [xs, ys] of strokes) xs.forEach((x, i) => { xs[i] = x * width / side; ys[i] = ys[i] * width / side; });
+  }
+  side = width || side;
+  canvas.width = width * ratio;
+  canvas.height = width * ratio;
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   redraw();
 }
@@ -73,26 +86,30 @@ for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) {
   });
 }
 
-document.getElementById("undo").addEventListener("click", () => { strokes.pop(); changed(); });
-document.getElementById("clear").addEventListener("click", () => { strokes = []; changed(); });
+document.getElementById("undo").addEventListener("click", () => { strokes.pop(); changed(true); });
+document.getElementById("clear").addEventListener("click", () => { strokes = []; changed(true); });
 
-function changed() {
+function changed(removed = false) {
   // The answer shown is about the drawing as it was: nothing is saved with it, or with one still on its way.
   sequence++;
+  if (removed) epoch++;
   last = null;
-  rightButton.disabled = wrongButton.disabled = true;
+  updateButtons();
   redraw();
-  if (strokes.length) schedule(); else { clearTimeout(timer); show(null); }
+  if (strokes.length) schedule(); else { clearTimeout(timer); waitingSince = null; show(null); }
 }
 
 function schedule() {
+  const now = performance.now();
+  if (waitingSince === null) waitingSince = now;
   clearTimeout(timer);
-  timer = setTimeout(predict, DEBOUNCE_MS);
+  timer = setTimeout(() => { waitingSince = null; predict(); }, Math.min(DEBOUNCE_MS, waitingSince + MAX_WAIT_MS - now));
 }
 
 async function predict() {
   if (!strokes.length) return;
   const mine = sequence;
+  const mineEpoch = epoch;
   let response = null;
   let body;
   try {
@@ -104,20 +121,27 @@ async function predict() {
     if (mine !== sequence) return;
     show(null); // the guesses shown are about other strokes
     // A proxy in front may answer an error with an HTML page: say its status then.
-    say(response ? `no prediction: the server answered ${response.status} ${response.statusText}`
-      : `no prediction: the server did not answer (${error})`, "error");
+    if (response) { say(`no prediction: the server answered ${response.status} ${response.statusText}`, "error"); return; }
+    say("no prediction: can't reach the server. Your drawing is kept; asking again in a few seconds.", "error");
+    setTimeout(() => { if (mine === sequence) predict(); }, RETRY_MS);
     return;
   }
-  if (mine !== sequence) return;
-  if (!response.ok) { say(body.error || response.statusText, "error"); show(null); return; }
-  show(body);
+  if (!response.ok) {
+    if (mine !== sequence) return;
+    say(body.error || response.statusText, "error"); show(null); return;
+  }
+  // An answer about the strokes before the latest ones were added still shows what the model thinks while the
+  // pen moves on; one from before ink was taken away, or older than the guesses shown, is about another drawing.
+  if (mineEpoch !== epoch || mine < shown) return;
+  say("", ""); // an earlier error, or the thanks for the drawing before, is no longer news
+  show(body, mine);
 }
 
-function show(answer) {
-  last = answer;
+function show(answer, about = sequence) {
+  shown = about;
+  last = answer && about === sequence ? answer : null;
   list.replaceChildren();
-  rightButton.disabled = !answer;
-  wrongButton.disabled = !strokes.length;
+  updateButtons();
   if (!answer) { bitmap.clearRect(0, 0, 28, 28); return; }
   for (const {label, probability} of answer.predictions) {
     const item = document.createElement("li");
@@ -137,29 +161,46 @@ function show(answer) {
   if (version) version.textContent = answer.model_version;
 }
 
+function updateButtons() {
+  // Right needs the answer about the strokes as they are; Save needs them answered (or refused: a drawing can be
+  // labelled without a prediction) and a category chosen. Neither while a save is on its way: one drawing, one save.
+  rightButton.disabled = saving || !last;
+  wrongButton.disabled = saving || !strokes.length || shown !== sequence || wrongLabel.selectedIndex === 0;
+}
+
 async function save(path, body, thanks) {
+  if (saving) return;
   if (last) { body.predicted_label = last.predictions[0].label; body.model_version = last.model_version; }
+  saving = true;
+  updateButtons();
   let response;
+  let answer;
   try {
     response = await fetch(path, {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
     });
+    // A proxy in front may answer an error with an HTML page: say its status then.
+    answer = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
   } catch (error) {
-    say("not saved: the server did not answer (" + error + ")", "error");
+    say("not saved: can't reach the server. Your drawing is kept; try again.", "error");
     return;
+  } finally {
+    saving = false;
+    updateButtons();
   }
-  // A proxy in front may answer an error with an HTML page: say its status then.
-  const answer = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
   if (!response.ok) { say("not saved: " + (answer.error || response.statusText), "error"); return; }
   say(thanks(answer), "ok");
   message.dataset.id = answer.id;
+  wrongLabel.selectedIndex = 0;
+  newLabel.hidden = true;
+  newLabel.value = "";
   strokes = [];
-  changed();
+  changed(true);
 }
 
 function send(label) {
   save("/api/feedback", {strokes, label}, (answer) => answer.kind === "confirmed"
-    ? `Thanks! Saved as a ${label} (confirmed).` : `Thanks! Saved as a ${label}: the model will learn from it.`);
+    ? `Thanks! Saved as "${label}" (confirmed).` : `Thanks! Saved as "${label}": the model will learn from it.`);
 }
 
 function propose(name) {
@@ -167,27 +208,41 @@ function propose(name) {
   if (!name.trim()) { say("type a name for the new category", "error"); newLabel.focus(); return; }
   save("/api/proposals", {strokes, name}, (answer) => {
     loadProposals();
-    if (answer.known) return `"${answer.name}" is a category the model knows: saved as a ${answer.name}.`;
+    if (answer.known) return `"${answer.name}" is a category the model knows: saved as "${answer.name}".`;
     const drawings = answer.count === 1 ? "1 drawing" : `${answer.count} drawings`;
     return `Thanks! Saved for the proposed category "${answer.name}" (${drawings} so far).`;
   });
 }
 
 async function loadProposals() {
-  // Names already proposed, as suggestions: the same name gathers its drawings in one place.
-  const response = await fetch("/api/proposals");
-  if (!response.ok) return;
-  const options = (await response.json()).proposals.map(({name}) => new Option(name, name));
-  document.getElementById("proposal-names").replaceChildren(...options);
+  // Names already proposed, as suggestions: the same name gathers its drawings in one place. Optional: a server
+  // that does not answer leaves the list as it was.
+  try {
+    const response = await fetch("/api/proposals");
+    if (!response.ok) return;
+    const options = (await response.json()).proposals.map(({name}) => new Option(name, name));
+    document.getElementById("proposal-names").replaceChildren(...options);
+  } catch (error) {
+    // the suggestions are a convenience; typing a name still works
+  }
 }
 
 function say(text, kind) { message.textContent = text; message.className = kind; }
 
-rightButton.addEventListener("click", () => { if (last) send(last.predictions[0].label); });
-wrongButton.addEventListener("click", () => wrongLabel.value ? send(wrongLabel.value) : propose(newLabel.value));
+function saveChoice() {
+  if (wrongButton.disabled) return;
+  if (wrongLabel.selectedOptions[0] === nameIt) propose(newLabel.value); else send(wrongLabel.value);
+}
+
+rightButton.addEventListener("click", () => { if (last && !saving) send(last.predictions[0].label); });
+wrongButton.addEventListener("click", saveChoice);
+newLabel.addEventListener("keydown", (event) => { if (event.key === "Enter") saveChoice(); });
 wrongLabel.addEventListener("change", () => {
-  newLabel.hidden = wrongLabel.value !== "";  // the empty value is "none of these"
+  newLabel.hidden = wrongLabel.selectedOptions[0] !== nameIt;
+  updateButtons();
   if (!newLabel.hidden) { newLabel.focus(); loadProposals(); }
 });
-window.addEventListener("resize", resize);
+// The canvas changes size with the window, and without it (a scroll bar appearing): watch the canvas itself.
+new ResizeObserver(resize).observe(canvas);
+window.addEventListener("resize", resize); // a zoom changes the device pixel ratio, not the canvas's CSS size
 resize();
