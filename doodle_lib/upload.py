@@ -9,7 +9,9 @@ import numpy as np
 from doodle_lib.drawing import BOX, LINE_WIDTH, PADDING, SIDE, DrawingError
 
 MAX_BYTES = 10 * 1024 * 1024
-MAX_PIXELS = 4096 * 4096
+# Pixels decoded, at most: a few kB of PNG can declare millions (decoding 16 million took seconds and a GB). A JPEG is
+# decoded at a fraction of its size first (its DCT scaling), so a phone's 12-megapixel photo stays within it.
+MAX_PIXELS = 4096 * 1024
 # Larger images are shrunk to this many pixels by Pillow before any NumPy copy, each copy being 4 bytes a pixel: the
 # drawing ends up 26 pixels wide anyway.
 WORKING_PIXELS = 2048 * 2048
@@ -21,7 +23,7 @@ DRAWING_SIDE = SIDE * (BOX + LINE_WIDTH) / (BOX + 2 * PADDING + LINE_WIDTH) + 1
 
 def image_to_bitmap(data: bytes) -> np.ndarray:
     """Decode, crop to the drawing, keep its aspect, centre it and invert dark-on-light: (28, 28) uint8."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if not data:
         raise DrawingError("the image is empty")
@@ -33,15 +35,22 @@ def image_to_bitmap(data: bytes) -> np.ndarray:
             image = Image.open(io.BytesIO(data))
             if image.format not in ("PNG", "JPEG"):
                 raise DrawingError(f"unsupported image format {image.format}: send PNG or JPEG")
+            declared = image.size
+            if image.format == "JPEG":
+                image.draft(image.mode, (1024, 1024))  # decoded at 1/2, 1/4 or 1/8 of its size, no smaller than this
             if image.width * image.height > MAX_PIXELS:
-                raise DrawingError(f"the image is too large: {image.width}x{image.height} pixels")
+                raise DrawingError(f"the image is too large: {declared[0]}x{declared[1]} pixels (at most {MAX_PIXELS})")
             image.load()
+            image = ImageOps.exif_transpose(image)  # a phone's photo stands the way it was taken
     except DrawingError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):  # Pillow's own limit, met before ours
         raise DrawingError(f"the image is too large: more than {MAX_PIXELS} pixels") from None
+    except Image.UnidentifiedImageError:
+        raise DrawingError("not a readable PNG or JPEG image: its bytes are no image format Pillow knows") from None
     except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ... on corrupt data
-        raise DrawingError(f"not a readable PNG or JPEG image ({error.__class__.__name__})") from None
+        reason = str(error)[:120] or "no reason given"
+        raise DrawingError(f"not a readable PNG or JPEG image ({error.__class__.__name__}: {reason})") from None
     return _normalise(_grayscale(image))
 
 

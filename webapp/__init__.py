@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import jsonify
+from flask import jsonify, request
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from doodle_lib.settings import get_settings
 
@@ -50,7 +50,8 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
 
 def validation_error(error: ValidationError):
     """A 422 whose message names each field that is wrong and why."""
-    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]]
+    # Field names are the client's own (an unknown key can be any length): each shown in at most 40 characters.
+    problems = [f"{'.'.join(str(p)[:40] for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]]
     more = f" (and {error.error_count() - 5} more)" if error.error_count() > 5 else ""
     response = jsonify(error="; ".join(problems) + more)
     response.status_code = 422
@@ -62,6 +63,9 @@ def http_error(error: HTTPException):
     message = error.description or error.name
     if error.code == 413:
         message = f"the body is too large: at most {MAX_BODY_BYTES} bytes"
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        message = f"{request.method} is not allowed here: use {', '.join(error.valid_methods)}"
     response = jsonify(error=message)
     response.status_code = error.code or 500
+    response.headers.extend((name, value) for name, value in error.get_headers() if name == "Allow")
     return response

@@ -13,14 +13,15 @@ from werkzeug.exceptions import BadRequest
 from doodle_lib import feedback
 from doodle_lib.drawing import DrawingError, strokes_to_bitmap
 from doodle_lib.upload import image_to_bitmap
-from webapp import metrics
+from webapp import metrics, offload
 from webapp.schemas import (
     ErrorResponse, FeedbackRequest, FeedbackResponse, ModelResponse, PredictRequest, PredictResponse, ProposalRequest,
 )
 
 api = APIBlueprint("api", __name__, url_prefix="/api", abp_tags=[Tag(name="doodles")])
 ERRORS = {400: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse}
-DATA_URL = re.compile(r"^data:image/[a-z+.-]+;base64,", re.IGNORECASE)
+URL_SAFE = str.maketrans("-_", "+/")
+DATA_URL = re.compile(r"^data:image/[a-z+.-]+(;[a-z0-9=.+-]+)*;base64,", re.IGNORECASE)
 
 
 def error(status: int, message: str):
@@ -38,10 +39,18 @@ def require_json_object():
         return None
     if not request.is_json:
         return error(415, f"send the body as application/json (got {request.mimetype or 'no content type'!r})")
+    if request.content_encoding:
+        return error(415, f"Content-Encoding {request.content_encoding[:40]!r} is not accepted: send the body as it is")
+    problem = incomplete_body()
+    if problem:
+        return problem
     try:
         body = request.get_json()
-    except BadRequest:
-        return error(400, "the body is not valid JSON")
+    except BadRequest as refused:
+        # Outside debug mode Flask raises a bare BadRequest from Werkzeug's, whose description has the decoder's reason.
+        described = refused.__cause__ if isinstance(refused.__cause__, BadRequest) else refused
+        reason = str(described.description).removeprefix("Failed to decode JSON object: ")
+        return error(400, f"the body is not valid JSON: {reason[:200]}")
     except RecursionError:  # json's parser recurses once a level: a few kB of "[[[[" reach Python's limit
         return error(400, "the body is nested too deeply")
     if not isinstance(body, dict):
@@ -49,15 +58,31 @@ def require_json_object():
     return None
 
 
+def incomplete_body():
+    """The error for a body cut short of its Content-Length, or a chunked one reaching the size limit: Werkzeug hands
+    on either as if it were whole (it stops reading a chunked body at the limit), so it would be stored truncated."""
+    received = len(request.get_data())  # cached: get_json parses the same bytes
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and received >= limit:
+        return error(413, f"the body is too large: at most {limit} bytes")
+    if request.content_length is not None and received < request.content_length:
+        return error(400, f"the body ended after {received} of the {request.content_length} bytes its Content-Length announced")
+    return None
+
+
 def drawing_bitmap(body: PredictRequest) -> np.ndarray:
     """The 28x28 model input of the request's strokes or image (DrawingError names what is wrong)."""
     if body.strokes is not None:
         return strokes_to_bitmap(body.strokes)
+    # Line breaks (MIME's 76-column base64) and the URL-safe alphabet are base64 all the same.
+    text = re.sub(r"\s+", "", DATA_URL.sub("", body.image, count=1)).translate(URL_SAFE)
     try:
-        data = base64.b64decode(DATA_URL.sub("", body.image, count=1), validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise DrawingError("image must be base64 (optionally a data:image/...;base64, URL)") from None
-    return image_to_bitmap(data)
+    # Decoding a large image takes a while: off the event loop, where the worker's other requests wait (Pillow lets
+    # go of the interpreter while it decodes and resizes).
+    return offload.blocking(image_to_bitmap, data)
 
 
 @api.post("/predict", responses={200: PredictResponse, 503: ErrorResponse, **ERRORS})
@@ -88,7 +113,8 @@ def post_feedback(body: FeedbackRequest):
     known = holder().known_categories()
     for field, value in (("label", body.label), ("predicted_label", body.predicted_label)):
         if value is not None and value not in known:
-            return error(400, f"unknown {field} {value[:40]!r}: expected one of {', '.join(known)}")
+            lookalike = "" if value.isascii() else " (it holds characters outside ASCII)"
+            return error(400, f"unknown {field} {value[:40]!r}{lookalike}: expected one of {', '.join(known)}")
     try:
         bitmap = strokes_to_bitmap(body.strokes)
         label = feedback.check_folder_name(body.label)

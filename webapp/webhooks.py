@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 
 from flask import Blueprint, current_app, request
@@ -31,7 +32,8 @@ def mlflow_event():
     payload = request.get_data(cache=False)
     if not signature_valid(settings.webhook_secret, delivery, stamp, payload, headers.get("X-MLflow-Signature", "")):
         return {"error": "bad or missing X-MLflow-Signature"}, 401
-    if not stamp.isdigit() or abs(time.time() - int(stamp)) > MAX_SKEW_SECONDS:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,12}", stamp) or abs(time.time() - int(stamp)) > MAX_SKEW_SECONDS:
         return {"error": "X-MLflow-Timestamp is missing or too far from now"}, 401
     try:
         event = json.loads(payload)

@@ -73,7 +73,7 @@ def test_a_huge_image_is_refused_before_decoding():
         image_to_bitmap(buffer.getvalue())
 
 
-@pytest.mark.parametrize("size,vanishes", [((1_000_000, 3), True), ((3, 40_000), True), ((4000, 4000), False)])
+@pytest.mark.parametrize("size,vanishes", [((1_000_000, 3), True), ((3, 40_000), True), ((2048, 2048), False)])
 def test_long_thin_and_large_images_cost_little_memory(size, vanishes):
     import tracemalloc
 
@@ -104,3 +104,20 @@ def test_a_16_bit_greyscale_png_reads_like_its_8_bit_twin():
         wide = encode((light * 257).astype(np.uint16))
         assert Image.open(io.BytesIO(wide)).mode == "I;16"
         np.testing.assert_array_equal(image_to_bitmap(wide), image_to_bitmap(encode(light.astype(np.uint8))))
+
+
+def test_a_phones_photo_is_read_at_a_fraction_of_its_size_and_stood_upright():
+    """12 megapixels of JPEG (more than MAX_PIXELS) decode at a quarter of the size; EXIF orientation 6 (the camera
+    held sideways: stored turned, shown turned back) is undone, so the drawing is read the way it was taken."""
+    bitmap = RENDERED[3]
+    upright = Image.new("L", (4000, 3000), 255)  # dark ink on a white page, 4:3
+    upright.paste(Image.fromarray(255 - bitmap).resize((3000, 3000), Image.BILINEAR), (500, 0))
+    expected = image_to_bitmap(encode(np.asarray(upright), "JPEG"))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6: shown after a quarter turn clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif)
+    restored = image_to_bitmap(buffer.getvalue()).astype(int)
+    assert np.abs(restored - expected.astype(int)).mean() < 3
+    assert np.corrcoef(restored.ravel(), bitmap.ravel())[0, 1] > 0.6

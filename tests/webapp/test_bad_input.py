@@ -60,7 +60,8 @@ CASES = [
     ("/api/predict", {"strokes": [[[1, 2], [1, 2]]] * 513}, 422, "strokes"),
     ("/api/predict", ('{"strokes": [[[1, NaN], [1, 2]]]}', "application/json"), 422, "finite number"),
     ("/api/predict", ('{"strokes": [[[1, Infinity], [1, 2]]]}', "application/json"), 422, "finite number"),
-    ("/api/predict", ('{"strokes": [[[1, 2], [1, 2]]', "application/json"), 400, "not valid JSON"),
+    ("/api/predict", ('{"strokes": [[[1, 2], [1, 2]]', "application/json"), 400, "not valid JSON: Expecting"),
+    ("/api/predict", (b'{"strokes": "\xff"}', "application/json"), 400, "not valid JSON: 'utf-8' codec"),
     ("/api/predict", ("[1, 2]", "application/json"), 400, "JSON object"),
     ("/api/predict", ('{"strokes": ' + "[" * 50_000 + "]" * 50_000 + "}", "application/json"), 400, "nested too deeply"),
     ("/api/feedback", ("[" * 50_000 + "]" * 50_000, "application/json"), 400, "nested too deeply"),
@@ -71,14 +72,16 @@ CASES = [
     ("/api/predict", ("--x\r\n\r\n--x--", "multipart/form-data; boundary=x"), 415, "application/json"),
     ("/api/predict", ("x" * (17 * 1024 * 1024), "application/json"), 413, "large"),
     ("/api/predict", {"image": "not base64!"}, 400, "base64"),
+    ("/api/predict", {"image": b64(b"<svg xmlns='http://www.w3.org/2000/svg'/>")}, 400, "no image format Pillow knows"),
     ("/api/predict", {"image": b64(b"\x89PNG\r\n\x1a\n broken")}, 400, "not a readable PNG or JPEG"),
     ("/api/predict", {"image": b64(image_bytes("PNG")[:40])}, 400, "not a readable PNG or JPEG"),
-    ("/api/predict", {"image": b64(broken_second_chunk())}, 400, "not a readable PNG or JPEG image (SyntaxError)"),
-    ("/api/predict", {"image": b64(truncated_header())}, 400, "not a readable PNG or JPEG image (ValueError)"),
+    ("/api/predict", {"image": b64(broken_second_chunk())}, 400, "not a readable PNG or JPEG image (SyntaxError: "),
+    ("/api/predict", {"image": b64(truncated_header())}, 400, "not a readable PNG or JPEG image (ValueError: "),
     ("/api/predict", {"image": b64(image_bytes("GIF"))}, 400, "unsupported image format"),
     ("/api/predict", {"image": b64(image_bytes("PNG"))}, 400, "blank"),
     ("/api/predict", {"image": "data:image/png;base64," + b64(b"../../etc/passwd")}, 400, "not a readable"),
     ("/api/feedback", {**FEEDBACK, "label": "dog"}, 400, "unknown label 'dog'"),
+    ("/api/feedback", {**FEEDBACK, "label": "c\u0430t"}, 400, "characters outside ASCII"),  # a Cyrillic a
     ("/api/feedback", {**FEEDBACK, "label": 7}, 422, "label"),
     ("/api/feedback", {**FEEDBACK, "label": ""}, 422, "label"),
     ("/api/feedback", {**FEEDBACK, "label": "x" * 500}, 422, "label"),
@@ -164,6 +167,37 @@ def test_bad_request_is_refused_with_a_message(client, settings, path, body, sta
 def test_wrong_method_or_path_is_json(client, method, path, status):
     answer = client.open(path, method=method)
     assert answer.status_code == status and answer.json["error"]
+    if status == 405:  # which methods would do, in the header HTTP asks for and in the message
+        assert "POST" in answer.headers["Allow"] and "use" in answer.json["error"] and "POST" in answer.json["error"]
+
+
+def test_a_body_with_a_content_encoding_is_refused_by_name(client, settings):
+    import gzip
+
+    answer = client.post("/api/feedback", data=gzip.compress(json.dumps(FEEDBACK).encode()),
+                         content_type="application/json", headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 415 and "Content-Encoding 'gzip'" in answer.json["error"]
+    assert written(settings) == []
+
+
+def test_an_unknown_key_is_named_briefly(client):
+    answer = client.post("/api/predict", json={"strokes": STROKES, "k" * 100_000: 1})
+    assert answer.status_code == 422 and len(answer.json["error"]) < 200, len(answer.json["error"])
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda text: "\n".join(text[i:i + 76] for i in range(0, len(text), 76)),  # MIME's line-wrapped base64
+    lambda text: text.replace("+", "-").replace("/", "_"),  # the URL-safe alphabet
+    lambda text: "data:image/png;name=doodle.png;base64," + text,  # a data URL with a parameter
+])
+def test_base64_in_its_common_variants_is_read(client, wrap):
+    ink = Image.new("L", (64, 64), 255)
+    for x in range(10, 54):
+        ink.putpixel((x, x), 0)  # a dark diagonal on white, dense enough in "+" and "/" when encoded
+    buffer = io.BytesIO()
+    ink.save(buffer, format="PNG")
+    answer = client.post("/api/predict", json={"image": wrap(b64(buffer.getvalue()))})
+    assert answer.status_code == 200, answer.json
 
 
 def test_schemathesis_negative_cases(app, settings):
@@ -205,8 +239,8 @@ def test_webhook_refuses_unsigned_stale_and_malformed_deliveries(app, settings, 
 
     monkeypatch.setattr(settings, "webhook_secret", "s3cret")
 
-    def post(payload: bytes, secret: str = "s3cret", age: float = 0):
-        stamp = str(int(time.time() - age))
+    def post(payload: bytes, secret: str = "s3cret", age: float = 0, stamp: str | None = None):
+        stamp = str(int(time.time() - age)) if stamp is None else stamp
         digest = hmac.new(secret.encode(), f"d1.{stamp}.".encode() + payload, hashlib.sha256).digest()
         headers = {"X-MLflow-Delivery-Id": "d1", "X-MLflow-Timestamp": stamp,
                    "X-MLflow-Signature": "v1," + b64(digest)}
@@ -216,6 +250,9 @@ def test_webhook_refuses_unsigned_stale_and_malformed_deliveries(app, settings, 
     assert post(event.encode()).json == {"accepted": False}  # signed, but about another model
     assert post(event.encode(), secret="guess").status_code == 401
     assert post(event.encode(), age=3600).status_code == 401  # a replay of an old delivery
+    for stamp in ("\u00b2", "1" * 5000, "", "-5"):  # signed, but no time: "²" passes str.isdigit(), not int()
+        answer = post(event.encode(), stamp=stamp)
+        assert answer.status_code == 401 and "X-MLflow-Timestamp" in answer.json["error"], stamp[:10]
     for payload in (b"not json", b"[1, 2]", b"[" * 50_000 + b"]" * 50_000):
         answer = post(payload)
         assert answer.status_code == 400 and "not an MLflow webhook event" in answer.json["error"]

@@ -125,3 +125,39 @@ def test_alias_move_switches_version_within_poll_interval_without_failures(serve
     reloads = {dict(k[1])["result"]: v for k, v in workers.items() if k[0] == "doodle_model_reloads_total"}
     # Each worker loaded the new version once (start-up loads are not reloads); none failed.
     assert reloads == {"success": 2.0, "failure": 0.0}
+
+
+def raw_exchange(url: str, head: bytes, body: bytes, half_close: bool = False) -> bytes:
+    """Send a request as bytes (optionally ending the sending side early, as a client that gave up), read the answer."""
+    import socket
+
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head + body)
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def test_a_body_cut_short_or_chunked_past_the_limit_is_refused_not_stored(served, settings):
+    """gunicorn hands the app a body as far as it came: a truncated one or the first 16 MB of a longer chunked one
+    would parse as complete JSON and be stored."""
+    from webapp import MAX_BODY_BYTES
+
+    document = json.dumps({"strokes": STROKES, "label": "cat"}).encode()
+    head = b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    short = raw_exchange(served, head + b"Content-Length: %d\r\n\r\n" % (len(document) + 100), document, half_close=True)
+    assert short.startswith(b"HTTP/1.1 400") and b"ended after" in short, short[:300]
+    padded = document + b" " * (MAX_BODY_BYTES - len(document)) + b"and then some more"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(padded[i:i + 2**20]), padded[i:i + 2**20]) for i in range(0, len(padded), 2**20))
+    chunked = raw_exchange(served, head + b"Transfer-Encoding: chunked\r\n\r\n", chunks + b"0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 413") and b"too large" in chunked, chunked[:300]
+    assert not settings.feedback_dir.exists() or not any(settings.feedback_dir.rglob("*.json"))
+    whole = raw_exchange(served, head + b"Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(document), document))
+    assert whole.startswith(b"HTTP/1.1 201"), whole[:300]  # a chunked body within the limit is fine
