@@ -1,8 +1,11 @@
 """
 ### Retrain on feedback
 
-`wait_for_feedback` -> `snapshot` -> `ingest` -> `version` -> `plan` -> `train` x N -> `evaluate` x N -> `choose`
--> `register` -> `promote` -> `cleanup`
+`check_params` -> `wait_for_feedback` -> `snapshot` -> `ingest` -> `version` -> `plan` -> `train` x N -> `evaluate` x N
+-> `choose` -> `register` -> `promote` -> `cleanup`
+
+`check_params` fails a run whose form asks for what `plan` would refuse (more than 8 candidates) or holds a key the
+form lacks (a typo), before the run waits and before any drawing moves.
 
 Corrections from the web app collect in `data/feedback/<category>/`. The deferrable **FeedbackSensor**
 waits in the triggerer (no worker slot) until at least `threshold` complete drawings are there and hands

@@ -1,8 +1,8 @@
 """
 ### Weekly retrain from scratch (Sundays 03:00 UTC)
 
-`take_waiting` -> `snapshot` -> `ingest` -> `version` -> `plan` -> `train` x N (from scratch) -> `evaluate` x N
--> `choose` -> `register` -> `promote` -> `cleanup`
+`check_params` -> `take_waiting` -> `snapshot` -> `ingest` -> `version` -> `plan` -> `train` x N (from scratch)
+-> `evaluate` x N -> `choose` -> `register` -> `promote` -> `cleanup`
 
 Once a week a new model is trained from scratch on all data: the base set, every batch of feedback
 ingested so far, and whatever feedback waits right now (taken the same way as the sensor-driven
@@ -35,7 +35,8 @@ SETTINGS = get_settings()
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds)},
     params={
-        "epochs": Param(SETTINGS.retrain_epochs, type="integer", minimum=1, maximum=100, description="Training epochs."),
+        "epochs": Param(SETTINGS.retrain_epochs, type=["null", "integer"], minimum=1, maximum=100,
+                        description=f"Training epochs; empty: {SETTINGS.retrain_epochs}."),
         **candidate_params(SETTINGS, kinds=False),
     },
 )

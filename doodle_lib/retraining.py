@@ -1,8 +1,8 @@
 """The retraining pipeline's stages, one function each: Airflow tasks call them, tests call them directly.
 
-snapshot -> ingest -> version_dataset -> plan_candidates + start_experiment -> train_candidate and
-evaluate_candidate once per candidate (in parallel) -> choose_candidate -> register_candidate -> promote_candidate
--> cleanup. Every stage works from paths derived from the run's batch name and
+check_params (before the run waits for feedback) -> snapshot -> ingest -> version_dataset -> plan_candidates +
+start_experiment -> train_candidate and evaluate_candidate once per candidate (in parallel) -> choose_candidate ->
+register_candidate -> promote_candidate -> cleanup. Every stage works from paths derived from the run's batch name and
 returns a small JSON-able dict, so a retried stage redoes the same work and XCom carries little.
 """
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -356,15 +358,28 @@ class Candidate:
         return "-".join(parts)
 
 
+def whole_number(name: str, value) -> int:
+    """An integer param's value as an int, or a ValueError naming the param."""
+    # JSON Schema's "integer" accepts 3.0, as REST and CLI callers send it, and torch refuses it deep in training; a
+    # rendered template gives the text "3.0".
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    return int(number)
+
+
 def plan_candidates(params: dict | None, kinds: list[str] | None = None) -> list[dict]:
-    """The run's candidates from its params: every kind x learning rate (x width, from scratch), deduplicated."""
+    """The run's candidates from its params: every kind x learning rate (x width, from scratch); null: the default."""
     params = params or {}
     kinds = list(dict.fromkeys(kinds or params.get("kinds") or ["fine-tune"]))
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown:
         raise ValueError(f"unknown candidate kinds {unknown}: use {list(KINDS)}")
     rates = list(dict.fromkeys(params.get("learning_rates") or [None]))
-    widths = list(dict.fromkeys(params.get("widths") or [None]))
+    widths = list(dict.fromkeys([whole_number("widths", width) for width in params.get("widths") or []] or [None]))
     grid = [
         (kind, rate, width)
         for kind in kinds
@@ -372,9 +387,22 @@ def plan_candidates(params: dict | None, kinds: list[str] | None = None) -> list
         for width in (widths if kind == "scratch" else [None])
     ]
     if len(grid) > MAX_CANDIDATES:
-        raise ValueError(f"{len(grid)} candidates asked for; at most {MAX_CANDIDATES} train in one run")
-    epochs = params.get("epochs")
+        raise ValueError(f"{len(grid)} candidates asked for (kinds x learning_rates, x widths from scratch); at most "
+                         f"{MAX_CANDIDATES} train in one run")
+    epochs = None if params.get("epochs") is None else whole_number("epochs", params["epochs"])
     return [asdict(Candidate(i, kind, rate, width, epochs)) for i, (kind, rate, width) in enumerate(grid)]
+
+
+def check_params(params: dict, conf: dict | None, form: Iterable[str], kinds: list[str] | None = None) -> list[dict]:
+    """The run's candidates, or a ValueError saying what in the run's conf the `form` lacks or `plan` would refuse."""
+    # Airflow accepts any key in a conf and the tasks read only the form's: a typo (`epoch`) would train with defaults.
+    form = sorted(form)
+    unknown = sorted(set(conf or {}) - set(form))
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown}; the form's are {form}")
+    candidates = plan_candidates(params, kinds)
+    log.info("the run's parameters make %d candidates: %s", len(candidates), [Candidate(**c).name for c in candidates])
+    return candidates
 
 
 def start_experiment(settings: Settings, run_id: str, batch: str, dataset_version: str, candidates: list[dict]) -> dict:

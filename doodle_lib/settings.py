@@ -30,8 +30,10 @@ class Settings(BaseSettings):
     )
     eval_per_category: int = Field(400, description="rows at the end of each category kept for evaluation")
     torch_threads: int = Field(0, description="torch intra-op threads; 0 lets torch decide")
-    feedback_threshold: int = Field(50, description="complete drawings that start a retraining run")
-    promotion_tolerance: float = Field(0.5, description="evaluation-set accuracy points a candidate may lose")
+    # The bounds of the settings that are defaults of the retraining form are the form's (a default outside them
+    # would make Airflow refuse the whole DAG, naming neither the setting nor its variable).
+    feedback_threshold: int = Field(50, ge=1, le=100_000, description="complete drawings that start a retraining run")
+    promotion_tolerance: float = Field(0.5, ge=0, le=100, description="evaluation-set accuracy points a candidate may lose")
     # Categories users propose in the web app (doodle_lib/proposals.py)
     proposal_min_drawings: int = Field(25, ge=1, description="drawings a proposed category needs before it is trained")
     proposals_require_approval: bool = Field(
@@ -48,10 +50,14 @@ class Settings(BaseSettings):
     model_poll_seconds: float = Field(5.0, description="how often the web app asks the registry for the alias")
     # Retraining pipeline (dags/retrain.py, dags/retrain_from_scratch.py)
     feedback_poll_seconds: float = Field(1.0, description="how often the feedback sensor's trigger counts the folder")
-    feedback_wait_minutes: float = Field(30.0, description="how long a retraining run waits for feedback before it skips")
+    feedback_wait_minutes: float = Field(
+        30.0, ge=0, le=1440, description="how long a retraining run waits for feedback before it skips"
+    )
     fine_tune_epochs: int = Field(3, description="epochs of a fine-tuning run unless the run's params say otherwise")
     fine_tune_learning_rate: float = Field(5e-4, description="peak learning rate of a fine-tuning run (gentler than from scratch)")
-    retrain_epochs: int = Field(15, description="epochs of a from-scratch retraining run unless the run's params say otherwise")
+    retrain_epochs: int = Field(
+        15, ge=1, le=100, description="epochs of a from-scratch retraining run unless the run's params say otherwise"
+    )
     retry_delay_seconds: float = Field(30.0, description="delay before Airflow retries a failed retraining stage")
     mlflow_ui_url: str = Field("", description="MLflow address for links in the Airflow UI; empty means tracking_uri")
     webapp_bind: str = Field("127.0.0.1:8000", description="host:port the web app's gunicorn listens on")

@@ -70,7 +70,7 @@ class FeedbackSensor(BaseSensorOperator):
         ready = ready_proposals()
         if ready:
             self.log.info("proposed categories ready to be trained: %s", ready)
-        return PokeReturnValue(is_done=len(keys) >= int(self.threshold) or bool(ready), xcom_value=keys)
+        return PokeReturnValue(is_done=len(keys) >= self._needed() or bool(ready), xcom_value=keys)
 
     def execute(self, context) -> list[str]:
         settings, wait = get_settings(), float(self.wait_minutes)
@@ -80,7 +80,7 @@ class FeedbackSensor(BaseSensorOperator):
         if wait <= 0:
             raise AirflowSkipException(f"only {len(now.xcom_value)} of {self.threshold} drawings wait and no proposal is ready")
         trigger = FeedbackTrigger(
-            str(settings.feedback_dir), int(self.threshold), settings.feedback_poll_seconds, time.time() + 60 * wait
+            str(settings.feedback_dir), self._needed(), settings.feedback_poll_seconds, time.time() + 60 * wait
         )
         self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(minutes=wait + 5))
 
@@ -90,6 +90,12 @@ class FeedbackSensor(BaseSensorOperator):
                 f"only {event['count']} of {self.threshold} drawings and no ready proposal after {self.wait_minutes} minutes: nothing to do"
             )
         return self._counted(event["keys"])
+
+    def _needed(self) -> int:
+        """The threshold as an int: a whole number may come as 3.0 (from REST or CLI callers), rendered as "3.0"."""
+        from doodle_lib.retraining import whole_number
+
+        return whole_number("threshold", self.threshold)
 
     def _counted(self, keys: list[str]) -> list[str]:
         self.log.info("%d complete drawings (threshold %s): %s ... %s", len(keys), self.threshold, keys[:1], keys[-1:])

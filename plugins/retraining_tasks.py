@@ -13,9 +13,11 @@ from doodle_lib.settings import Settings, get_settings
 def candidate_params(settings: Settings, kinds: bool) -> dict[str, Param]:
     """The Params form's fields that shape the candidates (`kinds` adds the fine-tune / scratch choice)."""
     params = {
-        "learning_rates": Param([], type="array", items={"type": "number", "exclusiveMinimum": 0, "maximum": 0.1}, uniqueItems=True,
+        # "null" too: the form's JSON editor sends null for a cleared field, which the descriptions call empty.
+        "learning_rates": Param([], type=["null", "array"], items={"type": "number", "exclusiveMinimum": 0, "maximum": 0.1},
+                                uniqueItems=True,
                                 description="Peak learning rates to try, one candidate each; empty: the default of the kind."),
-        "widths": Param([], type="array", items={"type": "integer", "minimum": 4, "maximum": 64}, uniqueItems=True,
+        "widths": Param([], type=["null", "array"], items={"type": "integer", "minimum": 4, "maximum": 64}, uniqueItems=True,
                         description="Widths of from-scratch candidates (fine-tuning keeps production's); empty: 16."),
         "tolerance": Param(settings.promotion_tolerance, type="number", minimum=0, maximum=100,
                            description="Evaluation-set accuracy points the chosen candidate may lose and still be promoted."),
@@ -23,7 +25,9 @@ def candidate_params(settings: Settings, kinds: bool) -> dict[str, Param]:
                                   description="Accuracy each proposed category must reach on its held-back drawings to be promoted."),
     }
     if kinds:
-        params["kinds"] = Param(["fine-tune"], type="array", items={"type": "string", "enum": ["fine-tune", "scratch"]},
+        # `examples` makes the form a multi-select (with only `items.enum`, it is a free text box, one kind a line).
+        choices = ["fine-tune", "scratch"]
+        params["kinds"] = Param(["fine-tune"], type="array", items={"type": "string", "enum": choices}, examples=choices,
                                 minItems=1, uniqueItems=True,
                                 description="Candidate kinds: fine-tune production on the batch plus replay, and/or train from scratch on all data.")
     return params
@@ -32,19 +36,24 @@ def candidate_params(settings: Settings, kinds: bool) -> dict[str, Param]:
 def retraining_stages(
     keys, kinds: list[str] | None = None, train_timeout: timedelta = timedelta(hours=2), needs_drawings: bool = False
 ) -> None:
-    """snapshot -> ingest -> version -> plan -> train and evaluate each candidate (mapped) -> choose -> register ->
-    promote -> cleanup, after the task whose output is the drawing keys; `kinds` fixes the candidates' kinds. With
-    `needs_drawings`, a run left with no new drawing to train on (taken by others, or all rejected) ends skipped."""
+    """check_params before the task whose output is the drawing keys; after it, snapshot -> ingest -> version -> plan
+    -> train and evaluate each candidate (mapped) -> choose -> register -> promote -> cleanup. `kinds` fixes the
+    candidates' kinds. With `needs_drawings`, a run left with no new drawing to train on (taken by others, or all
+    rejected) ends skipped."""
 
     @task
-    def snapshot(keys: list[str], run_id=None, params=None) -> dict:
+    def check_params(params=None, dag_run=None, dag=None) -> None:
+        # First, so a bad conf fails before the run waits and before any drawing moves: refused later, by `plan` or in
+        # training, it would leave the batch in the dataset, never judged by a gate.
         from doodle_lib import retraining
         try:
-            # The form's grid is checked before any drawing moves: `plan` refusing it later would leave the batch in
-            # the dataset, never judged by a gate.
-            retraining.plan_candidates(params, kinds)
+            retraining.check_params(params, dag_run.conf, dag.params, kinds)
         except ValueError as problem:
             raise AirflowFailException(f"the run's parameters: {problem}") from None
+
+    @task
+    def snapshot(keys: list[str], run_id=None) -> dict:
+        from doodle_lib import retraining
         try:
             return retraining.snapshot(get_settings(), run_id, keys, allow_empty=not needs_drawings)
         except retraining.NothingToTrain as nothing:
@@ -108,6 +117,7 @@ def retraining_stages(
         from doodle_lib import retraining
         return retraining.cleanup(get_settings(), batch["batch"], dataset_version)
 
+    check_params() >> keys
     batch = snapshot(keys)
     dataset_version = version(ingest(batch))
     candidates = plan(batch, dataset_version)

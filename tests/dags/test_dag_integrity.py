@@ -71,3 +71,62 @@ def test_a_new_deployment_waits_for_the_weekly_slot_instead_of_retraining_at_onc
     )
     assert now < first.run_after <= now + timedelta(days=7)
     assert first.run_after.weekday() == 6 and first.run_after.hour == 3  # Sunday 03:00 UTC
+
+
+@pytest.mark.parametrize("dag_id, first", [("retrain", "wait_for_feedback"), ("retrain_from_scratch", "take_waiting")])
+def test_the_params_are_checked_before_the_run_waits_or_takes_a_drawing(dagbag, dag_id, first):
+    dag = dagbag.get_dag(dag_id)
+    assert dag.get_task("check_params").upstream_task_ids == set()
+    assert dag.get_task(first).upstream_task_ids == {"check_params"}
+
+
+def trigger_params(dag):
+    """The params as the trigger endpoint validates a run's conf: on the serialized DAG."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).params
+
+
+@pytest.mark.parametrize("dag_id", ["retrain", "retrain_from_scratch"])
+def test_an_emptied_field_is_accepted_at_trigger_time(dagbag, dag_id):
+    """The form sends null for a cleared number or list field, which the descriptions call empty: the default."""
+    emptied = {"epochs": None, "learning_rates": None, "widths": None}
+    validated = trigger_params(dagbag.get_dag(dag_id)).deep_merge(emptied).validate()
+    assert {name: validated[name] for name in emptied} == emptied
+
+
+def test_kinds_is_a_choice_of_the_known_kinds(dagbag):
+    """Airflow 3.3's form shows an array as a multi-select only when its schema has `examples` (or `enum`); else a
+    text box, one kind a line, where a trailing newline is a kind ''."""
+    params = trigger_params(dagbag.get_dag("retrain"))
+    schema = params.get_param("kinds").schema
+    assert schema["type"] == "array" and schema["examples"] == schema["items"]["enum"] == ["fine-tune", "scratch"]
+    assert params.deep_merge({"kinds": ["scratch", "fine-tune"]}).validate()["kinds"] == ["scratch", "fine-tune"]
+
+
+@pytest.mark.parametrize(
+    "dag_id, param, setting",
+    [
+        ("retrain", "threshold", "feedback_threshold"),
+        ("retrain", "wait_minutes", "feedback_wait_minutes"),
+        ("retrain", "tolerance", "promotion_tolerance"),
+        ("retrain", "new_category_bar", "new_category_bar"),
+        ("retrain_from_scratch", "epochs", "retrain_epochs"),
+    ],
+)
+def test_a_setting_outside_its_param_s_bounds_is_refused_by_its_variable(dagbag, monkeypatch, dag_id, param, setting):
+    """The setting is the param's default: outside the bounds, Airflow would refuse the whole DAG with a headline that
+    names neither the param nor the variable. The bounds themselves are fine."""
+    import click
+
+    from doodle_lib.cli import current_settings
+
+    schema = dagbag.get_dag(dag_id).params.get_param(param).schema
+    variable = f"DOODLE_{setting.upper()}"
+    for value in (schema["minimum"], schema["maximum"]):
+        monkeypatch.setenv(variable, str(value))
+        assert getattr(current_settings(), setting) == value
+    for value in (schema["minimum"] - 1, schema["maximum"] + 1):
+        monkeypatch.setenv(variable, str(value))
+        with pytest.raises(click.ClickException, match=f"{variable}='{value}'"):
+            current_settings()

@@ -6,9 +6,10 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from doodle_lib import feedback
-from feedback_sensor import FeedbackTrigger
+from feedback_sensor import FeedbackSensor, FeedbackTrigger
 from tests.dags import world
 
 
@@ -90,3 +91,11 @@ def test_a_ready_proposal_fires_below_the_threshold(settings, monkeypatch):
     registry.set_registered_model_alias(settings.model_name, settings.production_alias, version.version)
     known_already = FeedbackTrigger(str(settings.feedback_dir), threshold=10, poll_seconds=0.1, deadline=time.time() + 0.5)
     assert asyncio.run(first_event(known_already))[0] == {"status": "timeout", "count": 2}
+
+
+def test_the_sensor_takes_a_whole_float_threshold_as_its_int(settings):
+    """A REST or CLI caller's threshold 3.0 passes the form's "integer" and renders as "3.0" in the sensor."""
+    keys = world.save_feedback(settings, 3)
+    assert sorted(FeedbackSensor(task_id="wait", threshold="3.0", wait_minutes="0").execute({})) == sorted(keys)
+    with pytest.raises(ValueError, match="threshold must be a whole number, not '3.5'"):
+        FeedbackSensor(task_id="wait", threshold="3.5", wait_minutes="0").execute({})

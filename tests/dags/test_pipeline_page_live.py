@@ -6,11 +6,11 @@ import pytest
 from tests.dags import stack
 
 pytestmark = pytest.mark.slow
-STAGES = ["wait_for_feedback", "snapshot", "ingest", "version", "plan", "train", "evaluate", "choose", "register",
-          "promote", "cleanup"]
+STAGES = ["check_params", "wait_for_feedback", "snapshot", "ingest", "version", "plan", "train", "evaluate", "choose",
+          "register", "promote", "cleanup"]
 
 
-def test_a_waiting_run_lists_its_sensor_first(settings, airflow_db, tmp_path):
+def test_a_waiting_run_lists_its_stages_in_order(settings, airflow_db, tmp_path):
     from webapp import create_app
 
     with stack.statsd_listener() as (statsd_port, _), stack.airflow_stack(tmp_path / "logs", statsd_port) as api:

@@ -32,7 +32,7 @@ def test_enough_good_feedback_is_promoted_and_its_dataset_checks_out(dagbag, ret
 
     run, states = run_dag(dagbag.get_dag("retrain"), threshold=50)
 
-    assert states == {"wait_for_feedback": "success", **{stage: "success" for stage in STAGES}}
+    assert states == {"check_params": "success", "wait_for_feedback": "success", **{stage: "success" for stage in STAGES}}
     production = tracking.production_version(settings)
     assert production.version != before
     tags = production.tags
@@ -102,21 +102,49 @@ def test_too_little_feedback_ends_skipped(dagbag, retrain_world):
     run, states = run_dag(dagbag.get_dag("retrain"), threshold=50, wait_minutes=0.02)  # defers, then 1.2 s passes
 
     assert run.state == "success"
-    assert set(states.values()) == {"skipped"}
+    assert states.pop("check_params") == "success" and set(states.values()) == {"skipped"}, states
     assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(keys)
     assert len(versions(settings)) == 1
 
 
-def test_a_grid_too_large_fails_before_any_drawing_moves(dagbag, retrain_world):
+@pytest.mark.parametrize(
+    "dag_id, conf",
+    [
+        # 3 rates x 3 widths: 9 candidates, one more than a run trains; the form cannot express the product's limit.
+        ("retrain", {"kinds": ["scratch"], "learning_rates": [1e-3, 2e-3, 3e-3], "widths": [8, 16, 32]}),
+        ("retrain", {"epoch": 1}),  # a typo: the run would train with the default epochs
+        ("retrain_from_scratch", {"kinds": ["fine-tune"]}),  # a key of the other DAG's form: its kinds are fixed
+    ],
+)
+def test_bad_params_fail_the_run_before_it_waits_or_any_drawing_moves(dagbag, retrain_world, dag_id, conf):
+    settings = retrain_world
+    keys = world.save_feedback(settings, 30)
+    threshold = {"threshold": 30} if dag_id == "retrain" else {}
+
+    run, states = run_dag(dagbag.get_dag(dag_id), **threshold, **conf)
+
+    first = {"retrain": "wait_for_feedback", "retrain_from_scratch": "take_waiting"}[dag_id]
+    assert run.state == "failed" and states["check_params"] == "failed" and states[first] == "upstream_failed", states
+    assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(keys)  # all still waiting
+    assert not settings.batches_dir.exists() and not (settings.dataset_dir / "feedback").exists()
+
+
+def test_whole_floats_for_integer_params_train_as_their_ints(dagbag, retrain_world):
+    """JSON Schema's "integer" accepts 30.0, as REST and CLI callers send it; torch would refuse the float epochs and
+    width, after the batch was ingested."""
     settings = retrain_world
     keys = world.save_feedback(settings, 30)
 
-    # 3 rates x 3 widths: 9 candidates, one more than a run trains; the form cannot express the product's limit.
-    run, states = run_dag(dagbag.get_dag("retrain"), threshold=30, kinds=["scratch"], learning_rates=[1e-3, 2e-3, 3e-3], widths=[8, 16, 32])
+    run, states = run_dag(dagbag.get_dag("retrain"), threshold=30.0, epochs=1.0, kinds=["fine-tune", "scratch"], widths=[8.0])
 
-    assert run.state == "failed" and states["snapshot"] == "failed", states
-    assert sorted(ref.key for ref in feedback.complete(settings.feedback_dir)) == sorted(keys)  # all still waiting
-    assert not settings.batches_dir.exists() and not (settings.dataset_dir / "feedback").exists()
+    assert set(states.values()) == {"success"}, states
+    assert sorted(world.dataset_keys(settings)) == sorted(keys)
+    client = tracking.client(settings)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    trained = client.search_runs([experiment.experiment_id], f"tags.airflow_run_id = '{run.run_id}' and tags.role = 'candidate'")
+    assert sorted((r.data.tags["candidate"], r.data.params["epochs"], r.data.params["width"]) for r in trained) == [
+        ("0-fine-tune", "1", "16"), ("1-scratch-w8", "1", "8"),
+    ]
 
 
 def test_a_run_whose_drawings_the_weekly_run_took_first_ends_skipped(dagbag, retrain_world, monkeypatch):
@@ -135,7 +163,8 @@ def test_a_run_whose_drawings_the_weekly_run_took_first_ends_skipped(dagbag, ret
     run, states = run_dag(dagbag.get_dag("retrain"), threshold=30)
 
     assert run.state == "success"
-    assert states.pop("wait_for_feedback") == "success" and set(states.values()) == {"skipped"}, states
+    assert [states.pop(task) for task in ("check_params", "wait_for_feedback")] == ["success", "success"]
+    assert set(states.values()) == {"skipped"}, states
     assert len(versions(settings)) == 1
     assert [folder.name for folder in settings.batches_dir.iterdir()] == ["weekly"]  # no empty batch left behind
 
@@ -149,7 +178,7 @@ def test_a_run_whose_every_drawing_ingest_rejects_ends_skipped(dagbag, retrain_w
     run, states = run_dag(dagbag.get_dag("retrain"), threshold=30)
 
     assert run.state == "success"
-    assert [states.pop(task) for task in ("wait_for_feedback", "snapshot")] == ["success", "success"]
+    assert [states.pop(task) for task in ("check_params", "wait_for_feedback", "snapshot")] == ["success"] * 3
     assert set(states.values()) == {"skipped"}, states
     assert len(versions(settings)) == 1 and not any(settings.batches_dir.iterdir())
     assert len(list(settings.rejected_dir.rglob("*.reason.txt"))) == 30  # each one kept, with why

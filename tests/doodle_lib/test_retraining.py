@@ -274,11 +274,57 @@ def test_plan_candidates_is_the_grid_of_the_params(params, kinds, names):
     [
         ({"kinds": ["transfer"]}, "unknown candidate kinds ['transfer']"),
         ({"kinds": ["scratch"], "learning_rates": [1e-4, 2e-4, 3e-4], "widths": [8, 16, 32]}, "9 candidates asked for"),
+        ({"epochs": 2.5}, "epochs must be a whole number, not 2.5"),
+        ({"kinds": ["scratch"], "widths": [8, 16.5]}, "widths must be a whole number, not 16.5"),
     ],
 )
-def test_plan_candidates_refuses_unknown_kinds_and_oversized_grids(params, says):
+def test_plan_candidates_refuses_unknown_kinds_oversized_grids_and_fractions(params, says):
     with pytest.raises(ValueError, match=re.escape(says)):
         retraining.plan_candidates(params)
+
+
+def test_whole_floats_plan_the_candidates_their_ints_would(local):
+    """JSON Schema's "integer" accepts 3.0, as REST and CLI callers send it: torch would refuse it deep in training."""
+    from doodle_lib import training
+
+    floats = retraining.plan_candidates({"kinds": ["fine-tune", "scratch"], "epochs": 3.0, "widths": [8.0, 16.0]})
+    ints = retraining.plan_candidates({"kinds": ["fine-tune", "scratch"], "epochs": 3, "widths": [8, 16]})
+    assert [retraining.Candidate(**c).name for c in floats] == ["0-fine-tune", "1-scratch-w8", "2-scratch-w16"]
+    assert [(type(c["epochs"]), type(c["width"])) for c in floats] == [(int, type(None)), (int, int), (int, int)]
+    assert floats == ints
+    for candidate in floats:  # TrainConfig's own check of every field, which candidate_config's assignments bypass
+        config = retraining.candidate_config(local, retraining.Candidate(**candidate), None, adding=False)
+        training.TrainConfig(**config.params())
+
+
+def test_an_emptied_field_of_the_form_means_the_default():
+    emptied = {"kinds": ["scratch"], "epochs": None, "learning_rates": None, "widths": None}
+    assert retraining.plan_candidates(emptied) == retraining.plan_candidates({"kinds": ["scratch"]})
+    assert retraining.plan_candidates(emptied)[0] == {"index": 0, "kind": "scratch", "learning_rate": None, "width": None, "epochs": None}
+
+
+FORM = ["epochs", "kinds", "learning_rates", "new_category_bar", "threshold", "tolerance", "wait_minutes", "widths"]
+
+
+@pytest.mark.parametrize(
+    "conf, kinds, says",
+    [
+        ({"epoch": 5}, None, f"unknown parameters ['epoch']; the form's are {FORM}"),
+        ({"learning_rate": 0.01, "Threshold": 5, "epochs": 2}, None, "unknown parameters ['Threshold', 'learning_rate']"),
+        ({"kinds": ["fine-tune"]}, ["scratch"], "unknown parameters ['kinds']"),  # the weekly DAG's form has no kinds
+        ({"kinds": ["scratch"], "learning_rates": [1e-4, 2e-4, 3e-4], "widths": [8, 16, 32]}, None, "9 candidates asked for"),
+    ],
+)
+def test_check_params_refuses_keys_the_form_lacks_and_what_plan_would_refuse(conf, kinds, says):
+    form = [name for name in FORM if kinds is None or name != "kinds"]
+    with pytest.raises(ValueError, match=re.escape(says)):
+        retraining.check_params(conf, conf, form, kinds)
+
+
+def test_check_params_passes_a_good_conf_and_returns_the_candidates():
+    conf = {"threshold": 30, "epochs": 2.0, "kinds": ["scratch"], "widths": [8, 16]}
+    assert retraining.check_params({**conf, "tolerance": 0.5}, conf, FORM) == retraining.plan_candidates(conf)
+    assert retraining.check_params({}, None, FORM) == retraining.plan_candidates({})  # a scheduled run: no conf
 
 
 def evaluated(name: str, accuracy: float, loss: float) -> dict:
