@@ -69,7 +69,7 @@ def test_approval_setting_shows_in_the_listing(client, settings):
 
 def test_page_offers_none_of_these_with_a_name_box(client):
     page = client.get("/").data.decode()
-    assert '<option value="">none of these: name it</option>' in page
+    assert '<option id="name-it" value="">none of these: name it</option>' in page
     assert 'id="new-label"' in page and 'maxlength="40"' in page
     script = client.get("/static/app.js").data.decode()
     assert '"/api/proposals"' in script
