@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,12 +66,23 @@ def log_epoch(stats: "EpochStats") -> None:
 def log_input(split: "Split", name: str, context: str, source: Path) -> None:
     """Record `split` as an input of the active run (MLflow's dataset tracking), read from `source`."""
     import mlflow.data
+    import mlflow.exceptions
     from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 
     digest = split_digest(split)
     # The source built as what it is, a local path: resolving a bare path, MLflow warns that two sources match it.
     origin = get_dataset_source_from_json(json.dumps({"uri": str(source)}), source_type="local")
-    mlflow.log_input(mlflow.data.from_numpy(split.x, targets=split.y, source=origin, name=name, digest=digest), context=context)
+    dataset = mlflow.data.from_numpy(split.x, targets=split.y, source=origin, name=name, digest=digest)
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as error:
+            # Candidates training at once log the same batch: the server looks the dataset up, then inserts it, so
+            # two new ones race on its unique key (experiment, name, digest). The loser finds it stored next time.
+            if attempt == 2 or "unique" not in str(error).lower():
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def split_digest(split: "Split") -> str:

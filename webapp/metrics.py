@@ -82,9 +82,9 @@ def on_reload(result: str | None, served) -> None:
     """Count a load and publish the version now served, with its series."""
     if result:
         RELOADS.labels(result).inc()
-    SERVING_VERSION.set(int(served.version) if served else 0)
-    if served:
+    if served:  # before the version: a scrape that sees a worker serve it sees the version's series too
         export_version(served.version, served.categories)
+    SERVING_VERSION.set(int(served.version) if served else 0)
 
 
 # The children of one (label, version) pair, looked up once: .labels() checks and locks on every call. Bounded:

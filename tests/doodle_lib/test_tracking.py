@@ -60,3 +60,34 @@ def test_the_logged_pt2_model_serves_through_pyfunc(settings, small_split):
     logits = pyfunc.predict(sample)
     assert np.asarray(logits).shape == (3, len(model.categories))
     assert np.argmax(logits, 1).tolist() == predict_proba(model, small_split[1].x[:3]).argmax(1).tolist()
+
+
+def test_runs_logging_the_same_dataset_at_once_all_record_it(settings, tmp_path):
+    """Candidates train in parallel and log the same batch: the server's insert of a new dataset races (a unique key
+    on experiment, name and digest), and the run that lost the race failed before (seen on PostgreSQL)."""
+    import threading
+
+    from doodle_lib.dataset import Split
+
+    runs, errors = [], []
+    for attempt in range(3):  # a new dataset each time: the race is on its first insert
+        split = Split(np.full((4, 28, 28), attempt, np.uint8), np.array(["cat", "fish", "cat", "fish"]))
+        barrier = threading.Barrier(6)
+
+        def log_at_once(index: int) -> None:
+            try:
+                with tracking.training_run(settings, f"same-data-{attempt}-{index}") as run_id:
+                    runs.append(run_id)
+                    barrier.wait(timeout=60)
+                    tracking.log_input(split, "feedback", "training", tmp_path)
+            except Exception as error:  # noqa: BLE001 - collected and reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=log_at_once, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:1]
+    client = tracking.client(settings)
+    assert all([i.dataset.name for i in client.get_run(r).inputs.dataset_inputs] == ["feedback"] for r in runs)
