@@ -267,13 +267,15 @@ def test_the_correction_rate_per_version_counts_every_judged_drawing(live):
 
     Drawings counted before a series' first scrape are invisible to increase(); a version's series must be there,
     at 0, before its first answer, or its first seconds of feedback (most of this traffic) go uncounted. The
-    recorded series are read, as the alert reads them: one evaluation computes both. increase() extrapolates over a
-    window this short (a few scrapes a version) by up to a scrape interval, hence the tolerance."""
+    recorded series are read, as the alert reads them: one evaluation computes both. increase() only adds to what it
+    saw: it extrapolates the last rate to the end of the window, up to a scrape interval (1 s) past the last sample,
+    which over a version's ~10 s of samples here is up to a tenth or more; it never extrapolates below a first
+    sample of 0. So a lost drawing shows as too few, and the bounds are uneven."""
     prometheus, _, versions = live
     judged = {s["metric"]["model_version"]: float(s["value"][1]) for s in query(prometheus, "doodle:feedback_judged:increase1d")}
     ratio = {s["metric"]["model_version"]: float(s["value"][1]) for s in query(prometheus, "doodle:correction_ratio:1d")}
     for version in versions:  # each served half the rounds
-        assert judged[version] == pytest.approx(24 * ROUNDS / 2, rel=0.15), judged
+        assert 24 * ROUNDS / 2 * 0.99 <= judged[version] <= 24 * ROUNDS / 2 * 1.35, judged
         assert ratio[version] == pytest.approx(0.5, abs=0.02), ratio
 
 
