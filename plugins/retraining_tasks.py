@@ -20,9 +20,9 @@ def candidate_params(settings: Settings, kinds: bool) -> dict[str, Param]:
         "widths": Param([], type=["null", "array"], items={"type": "integer", "minimum": 4, "maximum": 64}, uniqueItems=True,
                         description="Widths of from-scratch candidates (fine-tuning keeps production's); empty: 16."),
         "tolerance": Param(settings.promotion_tolerance, type="number", minimum=0, maximum=100,
-                           description="Evaluation-set accuracy points the chosen candidate may lose and still be promoted."),
+                           description="Evaluation-set accuracy points (0.5: half a percentage point) the chosen candidate may lose and still be promoted."),
         "new_category_bar": Param(settings.new_category_bar, type="number", minimum=0, maximum=1,
-                                  description="Accuracy each proposed category must reach on its held-back drawings to be promoted."),
+                                  description="Accuracy, as a fraction (0.6: 60%), each proposed category must reach on its held-back drawings to be promoted."),
     }
     if kinds:
         # `examples` makes the form a multi-select (with only `items.enum`, it is a free text box, one kind a line).
