@@ -234,7 +234,7 @@ function saveChoice() {
   if (wrongLabel.selectedOptions[0] === nameIt) propose(newLabel.value); else send(wrongLabel.value);
 }
 
-rightButton.addEventListener("click", () => { if (last && !saving) send(last.predictions[0].label); });
+rightButton.addEventListener("click", () => { if (last) send(last.predictions[0].label); }); // save() refuses a second
 wrongButton.addEventListener("click", saveChoice);
 newLabel.addEventListener("keydown", (event) => { if (event.key === "Enter") saveChoice(); });
 wrongLabel.addEventListener("change", () => {
