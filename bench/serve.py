@@ -1,12 +1,13 @@
 """Benchmark /api/predict (strokes in, top-k out) against the designs it replaces, with wrk.
 
 Side by side, one run: (a) the raw in-process forward of the model, (b) `mlflow models serve` of the same
-registered model, (c) a thin Flask proxy in front of (b) (bench/proxy.py), and the web app under gunicorn with
+registered model, (c) a thin Flask proxy in front of (b) (bench/proxy.py), (d) the issue's yardstick, a plain Flask
+app serving the model in-process under 2 sync workers (bench/plain_flask.py), and the web app under gunicorn with
 webapp/gunicorn.conf.py; req/s, p50 and p99 at each concurrency, the servers' CPU time per request (the figure that
 holds on a machine shared with other jobs), the web app's PSS. Writes the "## Serving (bench/serve.py)" section of
 BENCHMARKS.md.
 
-Run from the project root: `.venv/bin/python -m bench.serve` (about 7 minutes).
+Run from the project root: `.venv/bin/python -m bench.serve` (about 9 minutes).
 """
 from __future__ import annotations
 
@@ -35,7 +36,11 @@ from tests.webapp.serving import GUNICORN_CONF, app_env, gunicorn_app
 
 LUA = PROJECT_ROOT / "bench" / "post_bodies.lua"
 SECTION = "## Serving (bench/serve.py)"
-TARGETS = ("web app", "mlflow models serve", "Flask proxy -> mlflow")
+TARGETS = ("web app", "mlflow models serve", "Flask proxy -> mlflow", "plain Flask app")
+# The issue's figures from its reference machine (2 cores): (b), (c) and (d) in req/s. Each target's ratio to its
+# figure tells how this machine compares; the web app's to (d) holds across machines better than its ratios to (b)
+# and (c), which run on different servers (uvicorn, the two hops) that machines speed up unequally.
+REFERENCE = {TARGETS[1]: 550, TARGETS[2]: 400, TARGETS[3]: 2000}
 
 
 def train_and_register(settings: Settings, epochs: int):
@@ -194,6 +199,9 @@ def report(results: dict, levels: list[int], in_process: dict, pss: float, worke
         " default 1 worker), posted the rendered bitmap as `{\"inputs\": [[[...]]]}`.",
         "- (c) bench/proxy.py under gunicorn (2 gthread workers x 4 threads): the same preprocessing, then the bitmap"
         " to (b)'s /invocations on a keep-alive session, softmax and top-k on the logits.",
+        "- (d) bench/plain_flask.py under gunicorn (2 sync workers, which close each connection after its answer):"
+        " the issue's \"plain Flask app under gunicorn with 2 sync workers\", written the obvious way: the same"
+        " preprocessing, the registered torch model in-process, no metrics, no schema.",
         "- Server CPU: user and system time of the target's processes (gunicorn master and workers; for (c) the proxy's"
         " and (b)'s) during the cell, divided by the requests it answered; wrk's own CPU is not in it.",
         "",
@@ -230,7 +238,24 @@ def report(results: dict, levels: list[int], in_process: dict, pss: float, worke
                            f" + 1 ms", p50 <= in_process["forward_ms"] + 1))
         checks.append((f"PSS <= 500 MB: {pss:.0f} MB", pss <= 500))
         lines += [f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks]
+    lines += calibration(results, top)
     return "\n".join(lines) + "\n"
+
+
+def calibration(results: dict, top: int) -> list[str]:
+    """This machine against the issue's reference machine, target by target, and the web app against (d)."""
+    measured = {name: results[name, top]["rps"] for name in REFERENCE if (name, top) in results}
+    if len(measured) < len(REFERENCE) or ("web app", top) not in results:
+        return []
+    app, plain = results["web app", top]["rps"], measured[TARGETS[3]]
+    b, c, d = (REFERENCE[name] for name in TARGETS[1:])
+    ratios = ", ".join(f"({letter}) {measured[name] / REFERENCE[name]:.2f}x" for letter, name in zip("bcd", TARGETS[1:]))
+    return [
+        "",
+        f"This machine against the issue's reference figures at concurrency {top} ((b) ~{b}, (c) ~{c}, (d) ~{d}"
+        f" req/s): {ratios}. The web app answers {app / plain:.2f}x the requests of (d); on the reference machine"
+        f" 5x (b) and 8x (c) are {5 * b / d:.2f}x and {8 * c / d:.2f}x of (d).",
+    ]
 
 
 def write_section(text: str, path: Path = PROJECT_ROOT / "BENCHMARKS.md") -> None:
@@ -289,10 +314,17 @@ def main() -> None:
                  "BENCH_CATEGORIES": json.dumps(model.categories)},
                 root / "proxy.log", f"http://127.0.0.1:{proxy_port}/healthz",
             ))
+            plain_port = free_port()
+            plain = stack.enter_context(process(
+                [str(VENV_BIN / "gunicorn"), "bench.plain_flask:create_app()", "-b", f"127.0.0.1:{plain_port}",
+                 "-w", "2", "-k", "sync"],
+                {"MLFLOW_TRACKING_URI": tracking_url}, root / "plain-flask.log", f"http://127.0.0.1:{plain_port}/healthz",
+            ))
             targets[TARGETS[1]] = (f"http://127.0.0.1:{serve_port}/invocations", bitmaps, lambda: process_tree(serve.pid))
             # The proxy's requests cost both servers' CPU.
             targets[TARGETS[2]] = (f"http://127.0.0.1:{proxy_port}/api/predict", strokes,
                                    lambda: process_tree(proxy.pid) + process_tree(serve.pid))
+            targets[TARGETS[3]] = (f"http://127.0.0.1:{plain_port}/api/predict", strokes, lambda: process_tree(plain.pid))
         results = measure(targets, args.concurrency, args.seconds, args.rounds)
         processes = server_processes(webapp_port)
         pss = pss_mb(processes)
