@@ -393,13 +393,18 @@ def plan_candidates(params: dict | None, kinds: list[str] | None = None) -> list
     return [asdict(Candidate(i, kind, rate, width, epochs)) for i, (kind, rate, width) in enumerate(grid)]
 
 
-def check_params(params: dict, conf: dict | None, form: Iterable[str], kinds: list[str] | None = None) -> list[dict]:
-    """The run's candidates, or a ValueError saying what in the run's conf the `form` lacks or `plan` would refuse."""
-    # Airflow accepts any key in a conf and the tasks read only the form's: a typo (`epoch`) would train with defaults.
+def check_conf_keys(conf: dict | None, form: Iterable[str]) -> None:
+    """A ValueError naming the keys of a run's conf that its DAG's `form` (its params) lacks."""
+    # Airflow accepts any key in a conf and the tasks read only the form's: a typo (`epoch`) would run with defaults.
     form = sorted(form)
     unknown = sorted(set(conf or {}) - set(form))
     if unknown:
         raise ValueError(f"unknown parameters {unknown}; the form's are {form}")
+
+
+def check_params(params: dict, conf: dict | None, form: Iterable[str], kinds: list[str] | None = None) -> list[dict]:
+    """The run's candidates, or a ValueError saying what in the run's conf the `form` lacks or `plan` would refuse."""
+    check_conf_keys(conf, form)
     candidates = plan_candidates(params, kinds)
     log.info("the run's parameters make %d candidates: %s", len(candidates), [Candidate(**c).name for c in candidates])
     return candidates

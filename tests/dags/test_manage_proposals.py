@@ -49,3 +49,11 @@ def test_merge_into_a_base_category_while_no_model_is_in_production(dagbag, sett
     run, states = run_dag(dagbag.get_dag("manage_proposals"), action="merge", name="kitty", to="cat")
     assert states == {"apply": "success"}
     assert proposals.names(settings) == [] and len(list((settings.feedback_dir / "cat").glob("*.png"))) == 2
+
+
+def test_a_key_the_form_lacks_fails_the_run_and_changes_nothing(dagbag, settings):
+    """A typo would otherwise run the action with the form's default for the key it meant: here, the reason."""
+    propose(settings, "kite", 2)
+    run, states = run_dag(dagbag.get_dag("manage_proposals"), action="reject", name="kite", reasn="spam")
+    assert states == {"apply": "failed"}
+    assert [(p.name, p.count, p.status) for p in proposals.list_all(settings)] == [("kite", 2, "pending")]
