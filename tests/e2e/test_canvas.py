@@ -395,3 +395,31 @@ def test_save_needs_a_chosen_category_and_enter_saves_a_typed_name(browser, weba
     # Ready for the next drawing: nothing chosen, no name.
     assert page.evaluate("[wrongLabel.selectedIndex, newLabel.hidden, newLabel.value]") == [0, True, ""]
     page.close()
+
+
+def test_a_screen_reader_hears_the_guesses_once_the_pen_lifts(browser, webapp_url):
+    """The guesses list changes every few hundred ms while a stroke goes on; the live region speaks only after."""
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    assert page.get_attribute("#predictions", "aria-live") is None
+    assert page.get_attribute("#canvas", "role") == "img"
+    held = hold_predictions(page)
+    [stroke] = canvas_points(page, DRAWING[2][:1])
+    page.mouse.move(*stroke[0])
+    page.mouse.down()
+    for point in stroke[1:]:
+        page.mouse.move(*point, steps=2)
+    wait_held(page, held, 1)
+    answer(held)  # an answer while the pen is still down: shown, not spoken
+    page.locator("#predictions li").first.wait_for(timeout=10_000)
+    assert page.text_content("#heard") == ""
+    page.mouse.up()
+    for _ in range(500):  # lifting the pen asks about the finished stroke
+        answer(held)
+        if page.text_content("#heard"):
+            break
+        page.wait_for_timeout(20)
+    assert page.text_content("#heard") == "The model thinks: cat 90%"
+    page.click("#clear")
+    assert page.text_content("#heard") == ""
+    page.close()

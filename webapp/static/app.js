@@ -5,6 +5,7 @@ const ctx = canvas.getContext("2d");
 const list = document.getElementById("predictions");
 const bitmap = document.getElementById("bitmap").getContext("2d");
 const message = document.getElementById("message");
+const heard = document.getElementById("heard"); // a live region: what a screen reader says of the guesses
 const rightButton = document.getElementById("right");
 const wrongButton = document.getElementById("wrong");
 const wrongLabel = document.getElementById("wrong-label");
@@ -142,7 +143,7 @@ function show(answer, about = sequence) {
   last = answer && about === sequence ? answer : null;
   list.replaceChildren();
   updateButtons();
-  if (!answer) { bitmap.clearRect(0, 0, 28, 28); return; }
+  if (!answer) { bitmap.clearRect(0, 0, 28, 28); heard.textContent = ""; return; }
   for (const {label, probability} of answer.predictions) {
     const item = document.createElement("li");
     item.className = "guess";
@@ -159,6 +160,10 @@ function show(answer, about = sequence) {
   bitmap.putImageData(image, 0, 0);
   const version = document.getElementById("model-version");
   if (version) version.textContent = answer.model_version;
+  // Spoken once the pen lifts, about the drawing as it is: not every few hundred ms while a stroke goes on.
+  const words = answer.predictions.map(({label, probability}) => `${label} ${(probability * 100).toFixed(0)}%`);
+  const spoken = `The model thinks: ${words.join(", ")}`;
+  if (last && !current && heard.textContent !== spoken) heard.textContent = spoken;
 }
 
 function updateButtons() {
