@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="wrk connections")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of the served model")
     parser.add_argument("--webapp-args", default="", help="extra gunicorn options for the web app (compare settings)")
-    parser.add_argument("--only-webapp", action="store_true", help="skip (b) and (c)")
+    parser.add_argument("--only-webapp", action="store_true", help="skip (b), (c) and (d)")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     args = parser.parse_args()
     if not shutil.which("wrk"):
