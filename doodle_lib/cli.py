@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +24,13 @@ def current_settings():
             f"{environment_variable(str(e['loc'][0]))}={e['input']!r}: {e['msg']}" for e in error.errors()
         )
         raise click.ClickException(f"bad setting: {problems}") from None
+
+
+def registered_version(ctx, param, value: str | None) -> str | None:
+    """A --model-version as MLflow numbers them: the registry takes " 1" as 1, and loading it then fails."""
+    if value is not None and not re.fullmatch(r"[1-9][0-9]{0,8}", value):
+        raise click.BadParameter(f"{value!r} is not a registered version: a whole number such as 3")
+    return value
 
 
 def require_mlflow(settings) -> None:
@@ -100,6 +108,11 @@ def prepare(source, categories, max_per_category, eval_per_category, output_dir,
     from doodle_lib.versioning import VersioningError
 
     settings = current_settings()
+    chosen_options = [name for name, value in (("--source", source), ("--categories", categories),
+                      ("--max-per-category", max_per_category), ("--eval-per-category", eval_per_category)) if value]
+    if chosen_options and not (output_dir or force) and settings.evaluation_path.exists():
+        raise click.UsageError(f"the base data and evaluation set exist and are kept: {', '.join(chosen_options)} "
+                               "would change nothing. Add --force to rebuild them")
     if eval_per_category:
         settings.eval_per_category = eval_per_category
     names = category_names(categories) if categories else None
@@ -123,7 +136,8 @@ def category_names(text: str) -> list[str]:
 
 
 @data.command()
-@click.option("--model-version", required=True, help="Registered version whose training data to restore.")
+@click.option("--model-version", required=True, callback=registered_version,
+              help="Registered version whose training data to restore.")
 @click.option("--dest", default=None, help="Folder inside the data dir (default: checkouts/v<N>).")
 def checkout(model_version: str, dest: str | None) -> None:
     """Restore exactly the dataset a model version was trained on, from the DVC remote."""
@@ -133,7 +147,7 @@ def checkout(model_version: str, dest: str | None) -> None:
     require_mlflow(settings)
     try:
         click.echo(lineage.checkout_model_dataset(settings, model_version, dest))
-    except (LookupError, RuntimeError) as error:
+    except (LookupError, RuntimeError, ValueError) as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -157,6 +171,10 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
 
     if data_dir and not checkpoint:
         raise click.UsageError("--data-dir goes with --checkpoint")
+    if promote and (dry_run or checkpoint):
+        raise click.UsageError("--promote registers a full training run's model: not with --dry-run or --checkpoint")
+    if dry_run and epochs:
+        raise click.UsageError("--dry-run trains one epoch: leave out --epochs")
     settings = current_settings()
     overrides = {"epochs": epochs, "learning_rate": learning_rate, "width": width, "seed": seed}
     try:
@@ -180,7 +198,8 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
 
 
 @main.command()
-@click.option("--model-version", default=None, help="Registered version (default: production).")
+@click.option("--model-version", default=None, callback=registered_version,
+              help="Registered version (default: production).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Evaluate this model file instead of a registered version.")
 @click.option("--evaluation", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -193,6 +212,8 @@ def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
 
     if not checkpoint and (evaluation or metrics_file):
         raise click.UsageError("--evaluation and --metrics-file go with --checkpoint")
+    if checkpoint and model_version:
+        raise click.UsageError("--checkpoint evaluates a file, --model-version a registered version: give one")
     settings = current_settings()
     try:
         if checkpoint:

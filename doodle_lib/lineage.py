@@ -18,4 +18,13 @@ def checkout_model_dataset(settings: Settings, model_version: str, destination: 
     dataset_version = version.tags.get("dataset_version")
     if not dataset_version:
         raise LookupError(f"version {model_version} records no dataset_version tag")
-    return versioning.checkout(settings.data_dir, dataset_version, destination or f"checkouts/v{model_version}")
+    destination = destination or f"checkouts/v{model_version}"
+    target = (settings.data_dir / destination).resolve()
+    # Restored into a folder the platform reads (the dataset, feedback), a copy would be trained on twice.
+    working = (settings.dataset_dir, settings.feedback_dir, settings.proposals_dir, settings.evaluation_path.parent,
+               settings.batches_dir, settings.rejected_dir, settings.downloads_dir)
+    for folder in working:
+        if target.is_relative_to(folder.resolve()):
+            raise ValueError(f"{destination!r} is inside {folder.name}/, which the platform reads and writes: restore "
+                             "elsewhere in the data dir (default: checkouts/v<N>)")
+    return versioning.checkout(settings.data_dir, dataset_version, destination)

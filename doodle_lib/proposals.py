@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -28,6 +29,7 @@ import numpy as np
 from doodle_lib import atomic, feedback
 from doodle_lib.settings import Settings
 
+log = logging.getLogger(__name__)
 MIN_LENGTH, MAX_LENGTH = 2, 40
 MAX_TYPED = 100  # longest input looked at, before spaces collapse
 STATE_FILE = "proposal.json"  # has no PNG beside it, so feedback.complete never counts it as a drawing
@@ -243,10 +245,19 @@ def remove(settings: Settings, name: str) -> None:
 
 
 def read_state(settings: Settings, name: str) -> dict:
-    """A proposal's state; a folder without one (its first save raced an operation) counts as pending."""
+    """A proposal's state; a folder without one (its first save raced an operation) counts as pending, and so does one
+    whose state file was damaged by hand: one bad file must not stop the listing, the web app and the pipeline."""
     path = settings.proposals_dir / name / STATE_FILE
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            state = json.loads(path.read_text())
+            if isinstance(state, dict) and {"display_name", "status", "created_at"} <= state.keys():
+                return state
+            problem = "it lacks display_name, status or created_at"
+        except (ValueError, UnicodeDecodeError) as error:
+            problem = str(error)
+        log.warning("proposal %r counts as pending: its state file %s is damaged (%s); fix it or delete it",
+                    name, path, problem)
     created = datetime.fromtimestamp(path.parent.stat().st_mtime, timezone.utc).isoformat()
     return {"display_name": name, "status": "pending", "created_at": created}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -22,14 +22,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "DOODLE_TRACKING_URI"),
         description="MLflow tracking server; empty means the local SQLite store under storage_dir",
     )
-    model_name: str = "doodle-classifier"
-    production_alias: str = "production"
-    experiment: str = "doodle"
+    model_name: str = Field("doodle-classifier", min_length=1, max_length=256, pattern=r"^[^/:\s]([^/:]*[^/:\s])?$",
+                            description="registered model name in MLflow (no '/' or ':')")
+    # MLflow's own rule for aliases: letters, digits, '_' and '-'.
+    production_alias: str = Field("production", pattern=r"^[A-Za-z0-9_-]+$", description="the alias the web app serves")
+    experiment: str = Field("doodle", min_length=1, description="MLflow experiment of the training runs")
     quickdraw_url: str = Field(
         "https://storage.googleapis.com/quickdraw_dataset/full", description="base URL of Google's full files"
     )
     eval_per_category: int = Field(400, description="rows at the end of each category kept for evaluation")
-    torch_threads: int = Field(0, description="torch intra-op threads; 0 lets torch decide")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 lets torch decide")
     # The bounds of the settings that are defaults of the retraining form are the form's (a default outside them
     # would make Airflow refuse the whole DAG, naming neither the setting nor its variable).
     feedback_threshold: int = Field(50, ge=1, le=100_000, description="complete drawings that start a retraining run")
@@ -47,9 +49,9 @@ class Settings(BaseSettings):
     )
     new_category_epochs: int = Field(20, description="fine-tuning epochs of a run that adds categories, unless its params say otherwise")
     new_category_replay_ratio: float = Field(10.0, description="old images replayed per new image when a run adds categories")
-    model_poll_seconds: float = Field(5.0, description="how often the web app asks the registry for the alias")
+    model_poll_seconds: float = Field(5.0, gt=0, description="how often the web app asks the registry for the alias")
     # Retraining pipeline (dags/retrain.py, dags/retrain_from_scratch.py)
-    feedback_poll_seconds: float = Field(1.0, description="how often the feedback sensor's trigger counts the folder")
+    feedback_poll_seconds: float = Field(1.0, gt=0, description="how often the feedback sensor's trigger counts the folder")
     feedback_wait_minutes: float = Field(
         30.0, ge=0, le=1440, description="how long a retraining run waits for feedback before it skips"
     )
@@ -58,13 +60,13 @@ class Settings(BaseSettings):
     retrain_epochs: int = Field(
         15, ge=1, le=100, description="epochs of a from-scratch retraining run unless the run's params say otherwise"
     )
-    retry_delay_seconds: float = Field(30.0, description="delay before Airflow retries a failed retraining stage")
+    retry_delay_seconds: float = Field(30.0, ge=0, description="delay before Airflow retries a failed retraining stage")
     mlflow_ui_url: str = Field("", description="MLflow address for links in the Airflow UI; empty means tracking_uri")
     webapp_bind: str = Field("127.0.0.1:8000", description="host:port the web app's gunicorn listens on")
-    webapp_workers: int = Field(2, description="gunicorn worker processes of the web app (one model copy each)")
-    webapp_connections: int = Field(1000, description="simultaneous client connections per web app worker (gevent)")
+    webapp_workers: int = Field(2, ge=1, description="gunicorn worker processes of the web app (one model copy each)")
+    webapp_connections: int = Field(1000, ge=1, description="simultaneous client connections per web app worker (gevent)")
     webhook_secret: str = Field("", description="HMAC secret of the MLflow registry webhook; empty turns the receiver off")
-    top_k: int = Field(3, description="how many labels /api/predict returns by default")
+    top_k: int = Field(3, ge=1, le=100, description="how many labels /api/predict returns by default")
     prometheus_multiproc_dir: Path | None = Field(
         None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "DOODLE_PROMETHEUS_MULTIPROC_DIR"),
@@ -73,11 +75,11 @@ class Settings(BaseSettings):
 
     # The embedded stack (doodle stack up / make up)
     host: str = Field("127.0.0.1", description="address every embedded service listens on")
-    mlflow_port: int = Field(5000, description="MLflow tracking server port in the embedded stack")
-    airflow_port: int = Field(8080, description="Airflow api-server port in the embedded stack")
-    prometheus_port: int = Field(9090, description="Prometheus port in the embedded stack, when installed")
-    airflow_parallelism: int = Field(4, description="Airflow task slots; 4 suits 2 cores")
-    training_threads: int = Field(1, description="torch threads of training tasks in the stack, so serving keeps a core")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="MLflow tracking server port in the embedded stack")
+    airflow_port: int = Field(8080, ge=1, le=65535, description="Airflow api-server port in the embedded stack")
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus port in the embedded stack, when installed")
+    airflow_parallelism: int = Field(4, ge=1, description="Airflow task slots; 4 suits 2 cores")
+    training_threads: int = Field(1, ge=0, description="torch threads of training tasks in the stack, so serving keeps a core")
 
     # The web app's pipeline page reads Airflow's REST API
     airflow_url: str = Field("", description="Airflow api-server for the pipeline page; empty means http://host:airflow_port")
@@ -85,6 +87,14 @@ class Settings(BaseSettings):
     airflow_password: str = Field(
         "", description="its password; empty reads the one Airflow generated under storage_dir/airflow"
     )
+
+    @field_validator("data_dir", "storage_dir", "sample_dir", mode="before")
+    @classmethod
+    def not_empty(cls, value):
+        # Path("") is the current directory: an emptied variable would turn wherever the command runs into the data.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
 
     @property
     def airflow_api(self) -> str:

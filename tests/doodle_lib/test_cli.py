@@ -13,8 +13,8 @@ from doodle_lib import dataset, tracking, versioning
 DOODLE = str(Path(sys.executable).parent / "doodle")
 
 
-def doodle(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([DOODLE, *args], env=env, capture_output=True, text=True, timeout=600)
+def doodle(*args: str, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([DOODLE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def test_prepare_train_evaluate_checkout(settings):
@@ -27,8 +27,10 @@ def test_prepare_train_evaluate_checkout(settings):
 
     again = doodle("data", "prepare", env=env)  # the fixed evaluation set is never rebuilt by accident
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == dataset_version
+    ignored = doodle("data", "prepare", "--categories", "cat", env=env)  # it would change nothing: said, not ignored
+    assert ignored.returncode == 2 and "--categories would change nothing. Add --force" in ignored.stderr, ignored.stderr
 
-    trained = doodle("train", "--dry-run", "--promote", env=env)
+    trained = doodle("train", "--epochs", "1", "--promote", env=env)
     assert trained.returncode == 0, trained.stderr
     assert "version 1 (production)" in trained.stdout
     run = tracking.client(settings).get_run(tracking.production_version(settings).run_id)
@@ -43,6 +45,10 @@ def test_prepare_train_evaluate_checkout(settings):
     for outside in ("/tmp/elsewhere", "../../elsewhere"):
         refused = doodle("data", "checkout", "--model-version", "1", "--dest", outside, env=env)
         assert refused.returncode != 0 and "is not a folder inside" in refused.stderr, refused.stderr
+    for inside in ("dataset", "dataset/old", "feedback/cat", "evaluation/v1"):  # a copy there would be trained on
+        refused = doodle("data", "checkout", "--model-version", "1", "--dest", inside, env=env)
+        assert refused.returncode == 1 and "which the platform reads and writes" in refused.stderr, refused.stderr
+    assert not (settings.dataset_dir / "old").exists() and not (settings.data_dir / "feedback").exists()
     checked_out = doodle("data", "checkout", "--model-version", "1", env=env)
     assert checked_out.returncode == 0, checked_out.stderr
     restored = Path(checked_out.stdout.strip())
@@ -66,9 +72,19 @@ def test_errors_are_messages_not_tracebacks(settings):
     assert unused.returncode == 2 and "--data-dir goes with --checkpoint" in unused.stderr
     stray = doodle("evaluate", "--metrics-file", "m.json", env=env)  # it goes with --checkpoint
     assert stray.returncode == 2 and "--metrics-file go with --checkpoint" in stray.stderr
-    for version in ("42", "abc"):  # "abc" was taken for a stage name
-        absent = doodle("evaluate", "--model-version", version, env=env)
-        assert absent.returncode == 1 and f"no version {version} of" in absent.stderr, absent.stderr
+    for args, says in (
+        (("train", "--dry-run", "--promote"), "not with --dry-run or --checkpoint"),  # a wiring check in production
+        (("train", "--checkpoint", "m.pt", "--promote"), "not with --dry-run or --checkpoint"),
+        (("train", "--dry-run", "--epochs", "5"), "--dry-run trains one epoch"),
+        (("evaluate", "--checkpoint", __file__, "--model-version", "3"), "give one"),
+        (("evaluate", "--model-version", " 1"), "' 1' is not a registered version"),  # the registry took it for 1
+        (("evaluate", "--model-version", "abc"), "'abc' is not a registered version"),  # MLflow took it for a stage
+        (("data", "checkout", "--model-version", "1.0"), "'1.0' is not a registered version"),
+    ):
+        refused = doodle(*args, env=env)
+        assert refused.returncode == 2 and says in refused.stderr, (args, refused.stderr)
+    absent = doodle("evaluate", "--model-version", "42", env=env)
+    assert absent.returncode == 1 and "no version 42 of" in absent.stderr, absent.stderr
     missing = doodle("data", "checkout", "--model-version", "42", env=env)
     assert missing.returncode != 0 and "no version 42" in missing.stderr
     bad = doodle("data", "download", "--categories", "../etc", "--base-url", "http://127.0.0.1:9", env=env)
@@ -167,6 +183,15 @@ def test_a_bad_setting_is_named_by_its_variable_not_a_traceback(tmp_path):
         refused = doodle(*args, env=env)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert "bad setting: DOODLE_EVAL_PER_CATEGORY='many': Input should be a valid integer" in refused.stderr
+    # Each of these failed only after training, or turned the current folder into the data dir.
+    for variable, value, says in (("DOODLE_MODEL_NAME", "", "at least 1 character"),
+                                  ("DOODLE_PRODUCTION_ALIAS", "bad alias/x", "should match pattern"),
+                                  ("DOODLE_EXPERIMENT", "", "at least 1 character"),
+                                  ("DOODLE_TORCH_THREADS", "-3", "greater than or equal to 0"),
+                                  ("DOODLE_DATA_DIR", "", "must not be empty")):
+        refused = doodle("data", "prepare", env={**os.environ, variable: value}, cwd=tmp_path)
+        assert refused.returncode == 1 and f"bad setting: {variable}={value!r}: " in refused.stderr, refused.stderr
+        assert says in refused.stderr and list(tmp_path.iterdir()) == [], refused.stderr
 
 
 def test_an_mlflow_server_that_does_not_answer_is_named_at_once(tmp_path):

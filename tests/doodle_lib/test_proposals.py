@@ -222,3 +222,17 @@ def test_nothing_is_written_outside_the_data_folder(settings, tmp_path):
     assert written and all(p.is_relative_to(settings.data_dir) for p in written), written
     top = {p.relative_to(settings.data_dir).parts[0] for p in written}
     assert top == {"feedback", "rejected", feedback.MOVES_LOCK}  # the lock that keeps moves one at a time
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"status": "approved"}', "[]", "\udcff"])
+def test_a_damaged_state_file_counts_as_pending_and_is_named(settings, caplog, damage):
+    """One state file edited by hand must not stop the listing (the web app's metrics and the pipeline read it too)."""
+    propose(settings, "kite")
+    propose(settings, "hot dog")
+    state = settings.proposals_dir / "hot dog" / proposals.STATE_FILE
+    state.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    listed = {p.name: p.status for p in proposals.list_all(settings)}
+    assert listed == {"kite": "pending", "hot dog": "pending"}
+    assert str(state) in caplog.text and "fix it or delete it" in caplog.text
+    proposals.approve(settings, "hot dog")  # an operator's action writes a whole state again
+    assert proposals.get(settings, "hot dog").status == "approved"
