@@ -132,7 +132,7 @@ def load_train_config(params_file: Path, section: str = "train", **overrides):
     try:
         return TrainConfig(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
     except ValueError as error:
-        raise ValueError(f"{params_file}: {error}") from None
+        raise ValueError(f"{params_file}: {error}" if params_file else str(error)) from None
 
 
 def train_checkpoint(data_dir: Path, checkpoint: Path, config) -> None:

@@ -26,6 +26,26 @@ def current_settings():
         raise click.ClickException(f"bad setting: {problems}") from None
 
 
+class NonEmptyPath(click.Path):
+    """A path option that refuses an empty value, which Path("") would take for the current folder."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path would mean the current folder: name one (\".\" if you mean it)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Doodle(click.Group):
+    """The command group: a file system error anywhere below is a message naming the file, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as error:  # a file where a folder goes, a name too long, no permission, a full disk
+            where = f": {error.filename}" if error.filename else ""
+            raise click.ClickException(f"{error.strerror or error}{where}") from None
+
+
 def registered_version(ctx, param, value: str | None) -> str | None:
     """A --model-version as MLflow numbers them: the registry takes " 1" as 1, and loading it then fails."""
     if value is not None and not re.fullmatch(r"[1-9][0-9]{0,8}", value):
@@ -59,7 +79,7 @@ def environment_variable(field: str) -> str:
     return field if field.isupper() else f"DOODLE_{field.upper()}"
 
 
-@click.group()
+@click.group(cls=Doodle)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
 def main(verbose: bool) -> None:
     """Doodle platform: data, training and the model registry."""
@@ -76,7 +96,7 @@ def data() -> None:
 @click.option("--max-per-category", type=click.IntRange(min=1),
               help="Fetch only the first N drawings of each (a file that already holds more is kept as it is).")
 @click.option("--base-url", help="Where Google's files are (default: DOODLE_QUICKDRAW_URL).")
-@click.option("--dest", type=click.Path(path_type=Path), help="Folder for the files (default: <data>/quickdraw).")
+@click.option("--dest", type=NonEmptyPath(path_type=Path), help="Folder for the files (default: <data>/quickdraw).")
 def download(categories: str, max_per_category: int | None, base_url: str | None, dest: Path | None) -> None:
     """Download Quick, Draw! numpy_bitmap and simplified files (resumable, checked, atomic)."""
     from doodle_lib import download as downloader
@@ -94,12 +114,12 @@ def download(categories: str, max_per_category: int | None, base_url: str | None
 
 
 @data.command()
-@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--source", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
               help="A Quick, Draw! folder (numpy_bitmap/...); default: the shipped sample.")
 @click.option("--categories", help="Comma-separated subset of the source's categories.")
 @click.option("--max-per-category", type=click.IntRange(min=2), help="Use only the first N drawings of each.")
 @click.option("--eval-per-category", type=click.IntRange(min=1), help="Drawings of each kept for evaluation.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--output-dir", type=NonEmptyPath(file_okay=False, path_type=Path),
               help="Only write base.npz and evaluation.npz here (the DVC pipeline); no dataset version.")
 @click.option("--force", is_flag=True, help="Rebuild the base data and the evaluation set even if they exist.")
 def prepare(source, categories, max_per_category, eval_per_category, output_dir, force) -> None:
@@ -156,11 +176,11 @@ def checkout(model_version: str, dest: str | None) -> None:
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Channels of the first conv block.")
 @click.option("--seed", type=int, default=None)
-@click.option("--params-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--params-file", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
               help="Read the training configuration from the `train` section of this file (params.yaml).")
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--data-dir", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
               help="With --checkpoint: train on DIR/base.npz instead of the versioned dataset.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="Write the model to this file instead of logging and registering it (the DVC pipeline).")
 @click.option("--dry-run", is_flag=True, help="One epoch on 100 drawings a category: checks the wiring in seconds.")
 @click.option("--promote", is_flag=True, help="Mark the new version as production.")
@@ -181,6 +201,8 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
         config = baseline.load_train_config(params_file, **overrides)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    if config.epochs < 1:  # fine-tuning may take 0 (tests of the replay); a model trained from scratch may not
+        raise click.ClickException(f"{params_file}: epochs must be at least 1 to train a model, not {config.epochs}")
     config.threads = config.threads or settings.torch_threads
     if dry_run:
         config.epochs, config.limit_per_class = 1, 100
@@ -200,11 +222,11 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
 @main.command()
 @click.option("--model-version", default=None, callback=registered_version,
               help="Registered version (default: production).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--checkpoint", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
               help="Evaluate this model file instead of a registered version.")
-@click.option("--evaluation", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--evaluation", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
               help="With --checkpoint: the evaluation set (default: the fixed one in the data dir).")
-@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--metrics-file", type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="With --checkpoint: also write the figures as JSON (the DVC pipeline's metrics).")
 def evaluate(model_version, checkpoint, evaluation, metrics_file) -> None:
     """Evaluate a registered version (or a checkpoint file) on the fixed evaluation set."""

@@ -89,6 +89,22 @@ def test_errors_are_messages_not_tracebacks(settings):
     assert missing.returncode != 0 and "no version 42" in missing.stderr
     bad = doodle("data", "download", "--categories", "../etc", "--base-url", "http://127.0.0.1:9", env=env)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "invalid category name" in bad.stderr
+    a_file = settings.data_dir / "a-file"
+    a_file.parent.mkdir(parents=True, exist_ok=True)
+    a_file.write_text("")
+    not_a_folder = doodle("data", "download", "--categories", "cat", "--dest", str(a_file), "--base-url",
+                          "http://127.0.0.1:9", env=env)
+    assert not_a_folder.returncode == 1 and "Traceback" not in not_a_folder.stderr, not_a_folder.stderr
+    assert f"Not a directory: {a_file}" in not_a_folder.stderr, not_a_folder.stderr
+    empty = doodle("data", "prepare", "--output-dir", "", env=env, cwd=settings.data_dir)  # was: wrote into the cwd
+    assert empty.returncode == 2 and "an empty path would mean the current folder" in empty.stderr, empty.stderr
+    assert sorted(p.name for p in settings.data_dir.iterdir()) == ["a-file"]
+    params = settings.data_dir.parent / "params.yaml"
+    params.write_text("train:\n  epochs: 0\n")
+    untrained = doodle("train", "--params-file", str(params), "--checkpoint", "m.pt", env=env, cwd=settings.data_dir)
+    assert untrained.returncode == 1 and "epochs must be at least 1 to train a model" in untrained.stderr
+    not_finite = doodle("train", "--learning-rate", "nan", env=env)
+    assert not_finite.returncode == 1 and "Error: learning_rate must be a finite number" in not_finite.stderr
 
 
 def test_proposals_commands(settings):
