@@ -123,6 +123,8 @@ def load_train_config(params_file: Path, section: str = "train", **overrides):
             document = yaml.safe_load(params_file.read_text()) or {}  # an empty file sets nothing
         except yaml.YAMLError as error:
             raise ValueError(f"{params_file} is not valid YAML: {error}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{params_file} is not UTF-8 text: is it the params file?") from None
         values = (document.get(section) or {}) if isinstance(document, dict) else None
         if not isinstance(values, dict):
             raise ValueError(f"{params_file}: the {section} section must map parameter names to values")

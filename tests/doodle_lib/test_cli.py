@@ -103,6 +103,12 @@ def test_errors_are_messages_not_tracebacks(settings):
     params.write_text("train:\n  epochs: 0\n")
     untrained = doodle("train", "--params-file", str(params), "--checkpoint", "m.pt", env=env, cwd=settings.data_dir)
     assert untrained.returncode == 1 and "epochs must be at least 1 to train a model" in untrained.stderr
+    params.write_bytes(b"\xff\xfe")
+    binary = doodle("train", "--params-file", str(params), env=env)
+    assert binary.returncode == 1 and f"{params} is not UTF-8 text" in binary.stderr, binary.stderr
+    no_source = doodle("data", "prepare", "--output-dir", str(settings.data_dir / "out"), "--source",
+                       str(settings.data_dir), env=env)
+    assert no_source.returncode == 1 and f"no numpy_bitmap/*.npy files in {settings.data_dir}" in no_source.stderr
     not_finite = doodle("train", "--learning-rate", "nan", env=env)
     assert not_finite.returncode == 1 and "Error: learning_rate must be a finite number" in not_finite.stderr
 
