@@ -1,6 +1,7 @@
 """Every setting of the platform, read from environment variables with working local defaults."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
@@ -87,6 +88,15 @@ class Settings(BaseSettings):
     airflow_password: str = Field(
         "", description="its password; empty reads the one Airflow generated under storage_dir/airflow"
     )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def a_uri(cls, value: str) -> str:
+        # MLflow takes anything else for a local folder of files, so a typo surfaced as "no version 1 of ...".
+        if value and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", value):
+            raise ValueError("must be a URI such as http://127.0.0.1:5000 or sqlite:///path/mlflow.db (empty: the local "
+                             "SQLite store under the storage dir)")
+        return value
 
     @field_validator("data_dir", "storage_dir", "sample_dir", mode="before")
     @classmethod
