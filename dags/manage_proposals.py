@@ -30,7 +30,7 @@ ACTIONS = ["list", "approve", "rename", "merge", "reject"]  # doodle_lib.proposa
         "action": Param("list", type="string", enum=ACTIONS, description="What to do."),
         "name": Param("", type="string", maxLength=100, description="The proposal (any spelling users typed; not for list)."),
         "to": Param("", type="string", maxLength=100, description="rename: the new name; merge: the proposal or known category to merge into."),
-        "reason": Param("rejected by an operator", type="string", maxLength=1000, description="reject: kept beside the drawings."),
+        "reason": Param("rejected by an operator", type="string", minLength=1, maxLength=1000, description="reject: kept beside the drawings."),
     },
 )
 def manage_proposals():

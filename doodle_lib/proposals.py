@@ -205,6 +205,8 @@ def merge(settings: Settings, typed: str, into: str, known_categories: list[str]
 
 def reject(settings: Settings, typed: str, reason: str) -> Path:
     """Move a proposal's drawings to rejected/proposals/<name>/ with the reason beside them; nothing is deleted."""
+    if not reason.strip():
+        raise ProposalError("give a reason: it is kept beside the rejected drawings")
     proposal = get(settings, typed)
     aside = settings.rejected_dir / "proposals"
     with feedback.moves_lock(settings.data_dir):  # not while a snapshot takes these drawings

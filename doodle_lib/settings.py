@@ -98,6 +98,14 @@ class Settings(BaseSettings):
                              "SQLite store under the storage dir)")
         return value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def no_edge_spaces(cls, value: str) -> str:
+        # A secret pasted with a space or newline signs differently from MLflow's copy: every delivery is refused.
+        if value != value.strip():
+            raise ValueError("has spaces or line breaks at its start or end: the signatures would not match")
+        return value
+
     @field_validator("data_dir", "storage_dir", "sample_dir", mode="before")
     @classmethod
     def not_empty(cls, value):

@@ -211,7 +211,8 @@ def test_a_bad_setting_is_named_by_its_variable_not_a_traceback(tmp_path):
                                   ("DOODLE_EXPERIMENT", "", "at least 1 character"),
                                   ("DOODLE_TORCH_THREADS", "-3", "greater than or equal to 0"),
                                   ("DOODLE_DATA_DIR", "", "must not be empty"),
-                                  ("MLFLOW_TRACKING_URI", "garbage", "must be a URI")):  # was "no version 1 of ..."
+                                  ("MLFLOW_TRACKING_URI", "garbage", "must be a URI"),
+                                  ("DOODLE_WEBHOOK_SECRET", "s3cret\n", "at its start or end")):  # was "no version 1 of ..."
         refused = doodle("data", "prepare", env={**os.environ, variable: value}, cwd=tmp_path)
         assert refused.returncode == 1 and f"bad setting: {variable}={value!r}: " in refused.stderr, refused.stderr
         assert says in refused.stderr and list(tmp_path.iterdir()) == [], refused.stderr

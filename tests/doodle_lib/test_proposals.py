@@ -204,6 +204,13 @@ def test_reject_sets_drawings_aside_with_the_reason(settings):
     assert len(feedback.complete(aside.parent)) == 3
 
 
+def test_a_rejection_needs_a_reason(settings):
+    propose(settings, "scribble")
+    with pytest.raises(ProposalError, match="give a reason"):
+        proposals.reject(settings, "scribble", "  ")
+    assert [(p.name, p.count) for p in proposals.list_all(settings)] == [("scribble", 1)]
+
+
 def test_nothing_is_written_outside_the_data_folder(settings, tmp_path):
     tricks = ["../../../escape", "../etc", "a/b", "..", ".", "/tmp/x", "C:\\x", "cat\x00", "\u202e..", "．．/x",
               "dog", "Dogs", "Café", "ｃａｔ", "x" * 200]
