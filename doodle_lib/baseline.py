@@ -33,9 +33,7 @@ def prepare(
 ) -> str:
     """Write the base training data and the fixed evaluation set, version them with DVC; returns the hash."""
     source = source_dir or settings.sample_dir
-    chosen = categories or dataset.categories_in(source)
-    if not chosen:
-        raise FileNotFoundError(f"no numpy_bitmap/*.npy files in {source}")
+    chosen = base_categories(source, categories)
     if settings.evaluation_path.exists() and not force:
         log.info("the evaluation set exists (%s); keeping it and the base data", settings.evaluation_path)
     else:
@@ -47,6 +45,14 @@ def prepare(
     version = versioning.commit(settings.data_dir, DATASET_FOLDER)
     log.info("dataset version %s", version)
     return version
+
+
+def base_categories(source: Path, categories: list[str] | None = None) -> list[str]:
+    """The categories to build the base data of: the chosen ones, else every one in `source`."""
+    chosen = categories or dataset.categories_in(source)
+    if not chosen:
+        raise FileNotFoundError(f"no numpy_bitmap/*.npy files in {source}")
+    return chosen
 
 
 def current_dataset_version(settings: Settings) -> str:

@@ -138,10 +138,8 @@ def prepare(source, categories, max_per_category, eval_per_category, output_dir,
     names = category_names(categories) if categories else None
     try:
         if output_dir:
-            chosen = names or dataset.categories_in(source or settings.sample_dir)
-            if not chosen:
-                raise FileNotFoundError(f"no numpy_bitmap/*.npy files in {source or settings.sample_dir}")
-            dataset.build_base(source or settings.sample_dir, output_dir, output_dir / "evaluation.npz", chosen,
+            source = source or settings.sample_dir
+            dataset.build_base(source, output_dir, output_dir / "evaluation.npz", baseline.base_categories(source, names),
                                settings.eval_per_category, max_per_category)
         else:
             click.echo(baseline.prepare(settings, source, names, max_per_category, force))
