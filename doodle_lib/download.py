@@ -93,11 +93,17 @@ def download(
     max_per_category: int | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Fetch several categories (see download_category); every name is checked before the first request."""
+    """Fetch several categories (see download_category); every name is checked, and every missing file asked for
+    with a one-byte request, before the first transfer: a misspelt last name fails before hours of downloads."""
     names = list(dict.fromkeys(validate_category(c) for c in categories))
+    plans = [_plan(name, dest_dir, base_url, kinds, max_per_category) for name in names]
+    for plan in plans:
+        for url, category, final in plan:
+            if not _already_done(final, final.parent.name, max_per_category):
+                _open(url, 0, 1, category).close()
     paths: list[Path] = []
-    for name in names:
-        paths += download_category(name, dest_dir, base_url, kinds, max_per_category, progress)
+    for plan in plans:
+        paths += _fetch_plan(plan, max_per_category, progress)
     return paths
 
 
@@ -110,6 +116,13 @@ def download_category(
     progress: bool = True,
 ) -> list[Path]:
     """Fetch one category's files to dest_dir/<kind>/<category>.npy|.ndjson and return their paths."""
+    return _fetch_plan(_plan(category, dest_dir, base_url, kinds, max_per_category), max_per_category, progress)
+
+
+def _plan(
+    category: str, dest_dir: Path | str | None, base_url: str | None, kinds: Sequence[str], max_per_category: int | None
+) -> list[tuple[str, str, Path]]:
+    """Check the arguments and name each of category's files: (URL, category, local path), one per kind."""
     validate_category(category)
     if dest_dir is None or base_url is None:
         settings = get_settings()
@@ -126,17 +139,23 @@ def download_category(
         isinstance(max_per_category, bool) or not isinstance(max_per_category, int) or max_per_category < 1
     ):
         raise DownloadError(f"max_per_category must be a positive integer or None, not {max_per_category!r}")
-    paths = []
-    for kind in kinds:
-        final = Path(dest_dir) / kind / f"{category}{KINDS[kind]}"
+    return [
+        (category_url(base_url, kind, category), category, Path(dest_dir) / kind / f"{category}{KINDS[kind]}")
+        for kind in kinds
+    ]
+
+
+def _fetch_plan(plan: list[tuple[str, str, Path]], max_per_category: int | None, progress: bool) -> list[Path]:
+    """Download each planned file that the local files do not already satisfy; return every planned path."""
+    for url, category, final in plan:
+        kind = final.parent.name
         if not _already_done(final, kind, max_per_category):
             final.parent.mkdir(parents=True, exist_ok=True)
             _whole_marker(final).unlink(missing_ok=True)
-            _download_file(category_url(base_url, kind, category), category, kind, final, max_per_category, progress)
+            _download_file(url, category, kind, final, max_per_category, progress)
             if max_per_category is None:
                 _whole_marker(final).touch()
-        paths.append(final)
-    return paths
+    return [final for _, _, final in plan]
 
 
 def _whole_marker(final: Path) -> Path:

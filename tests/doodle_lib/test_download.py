@@ -133,7 +133,7 @@ def test_full_download_equals_the_source_byte_for_byte(server: FakeGoogle, dest:
     for path in paths:
         assert path.read_bytes() == (server.root / path.parent.name / path.name).read_bytes()
     assert files_under(dest) == sorted(paths)  # no .part left behind
-    assert [r.range for r in server.log] == [None] * 4
+    assert [r.range for r in server.log] == ["bytes=0-0"] * 4 + [None] * 4  # each file probed first, then fetched
 
 
 def test_max_per_category_fetches_only_the_first_rows_and_lines(server: FakeGoogle, dest: Path) -> None:
@@ -348,3 +348,12 @@ def test_bad_arguments_are_rejected_before_any_request(
     with pytest.raises(DownloadError, match=message):
         download_category("apple", dest, **{"base_url": server.url, **kwargs}, progress=False)
     assert server.log == []
+
+
+def test_an_unknown_later_category_fails_before_any_transfer(server: FakeGoogle, dest: Path) -> None:
+    with pytest.raises(DownloadError, match="no such category on the server: 'dgo'"):
+        download(["apple", "fish", "dgo"], dest, server.url, progress=False)
+
+    assert files_under(dest) == []
+    assert server.sent() <= 4  # one-byte probes of apple's and fish's files, nothing more
+    assert [r.path for r in server.log][-1] == "/quickdraw/numpy_bitmap/dgo.npy"
