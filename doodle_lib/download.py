@@ -100,7 +100,7 @@ def download(
     for plan in plans:
         for url, category, final in plan:
             if not _already_done(final, final.parent.name, max_per_category):
-                final.parent.mkdir(parents=True, exist_ok=True)  # a destination that cannot be, named before any request
+                final.parent.mkdir(parents=True, exist_ok=True)  # a bad destination fails before any request
                 _open(url, 0, 1, category).close()
     paths: list[Path] = []
     for plan in plans:
