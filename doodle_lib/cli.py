@@ -54,12 +54,19 @@ def registered_version(ctx, param, value: str | None) -> str | None:
 
 
 def require_mlflow(settings) -> None:
-    """Fail at once, naming the server, when MLFLOW_TRACKING_URI is a server that does not answer: MLflow's client
-    would retry for minutes before its own traceback."""
+    """Fail at once, naming the server, when MLFLOW_TRACKING_URI is a server that does not answer (MLflow's client
+    would retry for minutes before its own traceback), or a local registry that does not exist yet."""
     import urllib.error
     import urllib.request
 
     uri = settings.mlflow_uri
+    missing = missing_local_registry(settings)
+    if missing:
+        # MLflow would create the store to find nothing in it, leaving an empty database where none was.
+        raise click.ClickException(
+            f"no model registry yet at {missing}: train a model first "
+            "(`doodle train --promote`), or set MLFLOW_TRACKING_URI to a running server"
+        )
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -72,6 +79,15 @@ def require_mlflow(settings) -> None:
             f"the MLflow server at {uri} does not answer ({reason}): start the platform (`make up`) or set "
             "MLFLOW_TRACKING_URI to a running server"
         ) from None
+
+
+def missing_local_registry(settings) -> Path | None:
+    """The SQLite file of a local tracking URI when it does not exist yet (nothing was ever registered), else None."""
+    uri = settings.mlflow_uri
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///"))
+    return None if path.exists() else path
 
 
 def environment_variable(field: str) -> str:
@@ -211,7 +227,8 @@ def train(epochs, learning_rate, width, seed, params_file, data_dir, checkpoint,
             baseline.train_checkpoint(data_dir or settings.dataset_dir, checkpoint, config)
             click.echo(checkpoint)
             return
-        require_mlflow(settings)
+        if not missing_local_registry(settings):  # training creates the local registry
+            require_mlflow(settings)
         result = baseline.train_base(settings, config, promote=promote, run_name="dry-run" if dry_run else "base")
     except (FileNotFoundError, ValueError, VersioningError) as error:  # no data, not a dataset, not in the remote
         raise click.ClickException(str(error)) from None
@@ -407,6 +424,8 @@ def known_categories(settings) -> list[str]:
     """The production model's categories, as the web app offers them; the base data's while none is served."""
     from doodle_lib import dataset, tracking
 
+    if missing_local_registry(settings):  # nothing registered yet, so nothing served
+        return dataset.categories_in(settings.sample_dir)
     require_mlflow(settings)
     try:
         version = tracking.production_version(settings, tracking.registry_client(settings))

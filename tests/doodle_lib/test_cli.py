@@ -230,3 +230,14 @@ def test_an_mlflow_server_that_does_not_answer_is_named_at_once(tmp_path):
         refused = subprocess.run([DOODLE, *args], env=env, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert f"the MLflow server at {nowhere} does not answer" in refused.stderr, refused.stderr
+
+
+def test_reading_an_empty_local_registry_names_it_and_creates_nothing(tmp_path):
+    storage = tmp_path / "storage"
+    env = {**os.environ, "DOODLE_DATA_DIR": str(tmp_path / "data"), "DOODLE_STORAGE_DIR": str(storage),
+           "MLFLOW_TRACKING_URI": ""}
+    for args in (("evaluate",), ("evaluate", "--model-version", "3"), ("data", "checkout", "--model-version", "1")):
+        refused = doodle(*args, env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"no model registry yet at {storage / 'mlflow' / 'mlflow.db'}" in refused.stderr, refused.stderr
+    assert not storage.exists()  # MLflow's local store would have created its database
