@@ -321,6 +321,26 @@ def test_a_double_click_saves_one_drawing(browser, webapp_url, settings, version
     page.close()
 
 
+def test_ink_drawn_while_a_save_is_on_its_way_stays_for_the_next_drawing(browser, webapp_url, settings, versions):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    draw_with_mouse(page, DRAWING[2])
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
+    held = []
+    page.route("**/api/feedback", lambda route: held.append(route))  # the save waits here until released
+    page.click("#right")
+    while not held:
+        page.wait_for_timeout(20)
+    draw_with_mouse(page, DRAWING[2][:1])  # the next drawing's first stroke, drawn meanwhile
+    held[0].continue_()
+    saved_record(page, settings)
+    assert page.evaluate("strokes.length") == 1  # the saved strokes left the canvas, the new one did not
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)  # guesses about the stroke left
+    [record] = stored(settings)
+    assert len(record["strokes"]) == len(DRAWING[2])
+    page.close()
+
+
 def test_guesses_follow_a_long_stroke(browser, webapp_url, versions):
     """The page asks while the pen keeps moving, not only once it pauses: guesses show before the pen lifts."""
     page = browser.new_page(viewport={"width": 1100, "height": 800})

@@ -175,6 +175,7 @@ function updateButtons() {
 
 async function save(path, body, thanks) {
   if (saving) return;
+  const sent = [...body.strokes]; // strokes drawn while the save is on its way stay on the canvas for the next drawing
   if (last) { body.predicted_label = last.predictions[0].label; body.model_version = last.model_version; }
   saving = true;
   updateButtons();
@@ -199,7 +200,7 @@ async function save(path, body, thanks) {
   wrongLabel.selectedIndex = 0;
   newLabel.hidden = true;
   newLabel.value = "";
-  strokes = [];
+  strokes = strokes.filter((stroke) => !sent.includes(stroke));
   changed(true);
 }
 
