@@ -1,6 +1,7 @@
 """The doodle web app: draw, predict, correct; serves the production model and swaps in new ones live."""
 from __future__ import annotations
 
+import json
 import logging
 
 from flask import jsonify, request
@@ -11,6 +12,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from doodle_lib.settings import get_settings
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB image in base64 fits; anything larger is refused unread
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
 def create_app(test_config: dict | None = None) -> OpenAPI:
@@ -45,7 +47,25 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
     app.register_blueprint(webhooks.bp)
     pipeline.init_app(app)
     app.register_error_handler(HTTPException, http_error)
+    app.wsgi_app = KnownMethods(app.wsgi_app)
     return app
+
+
+class KnownMethods:
+    """WSGI middleware: a method HTTP does not define is a bad request, answered before Flask sees it.
+    prometheus-flask-exporter labels its series by method, so every made-up method would otherwise add series for
+    good. (400, not 501: a client's mistake, which the error-rate alert must not count.)"""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "")
+        if method in HTTP_METHODS:
+            return self.wsgi_app(environ, start_response)
+        body = json.dumps({"error": f"{method[:20]!r} is not an HTTP method: use GET or POST"}).encode()
+        start_response("400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
 
 
 def validation_error(error: ValidationError):

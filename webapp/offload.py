@@ -14,5 +14,17 @@ def blocking(function: Callable[..., Result], *args) -> Result:
     if monkey is not None and monkey.is_module_patched("threading"):
         from gevent import get_hub
 
-        return get_hub().threadpool.apply(function, args)
+        result, error = get_hub().threadpool.apply(_outcome, (function, args))
+        if error is not None:
+            raise error
+        return result
     return function(*args)
+
+
+def _outcome(function: Callable[..., Result], args: tuple) -> tuple[Result | None, Exception | None]:
+    """function's result or exception as a value: gevent's pool prints the traceback of any exception raised in it,
+    and a refused upload is no server error worth a traceback in the log."""
+    try:
+        return function(*args), None
+    except Exception as error:  # noqa: BLE001 - raised again in the caller
+        return None, error

@@ -171,6 +171,15 @@ def test_wrong_method_or_path_is_json(client, method, path, status):
         assert "POST" in answer.headers["Allow"] and "use" in answer.json["error"] and "POST" in answer.json["error"]
 
 
+def test_a_made_up_method_is_refused_and_adds_no_metric_series(client):
+    for method in ("FOO1", "XYZZY", "get"):
+        answer = client.open("/api/predict", method=method)
+        assert answer.status_code == 400 and f"{method!r} is not an HTTP method" in answer.json["error"]
+    exported = client.get("/metrics").get_data(as_text=True)
+    assert 'method="FOO1"' not in exported and 'method="get"' not in exported
+    assert 'method="GET"' in exported  # the exporter still counts real methods, the /metrics request included
+
+
 def test_a_body_with_a_content_encoding_is_refused_by_name(client, settings):
     import gzip
 

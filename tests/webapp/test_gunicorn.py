@@ -5,6 +5,7 @@ import http.client
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -161,3 +162,18 @@ def test_a_body_cut_short_or_chunked_past_the_limit_is_refused_not_stored(served
     assert not settings.feedback_dir.exists() or not any(settings.feedback_dir.rglob("*.json"))
     whole = raw_exchange(served, head + b"Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(document), document))
     assert whole.startswith(b"HTTP/1.1 201"), whole[:300]  # a chunked body within the limit is fine
+
+
+def test_a_refused_image_is_a_400_without_a_traceback_in_the_log(served, tmp_path):
+    import base64
+    import io
+
+    gif = io.BytesIO()
+    Image.new("L", (40, 40), 255).save(gif, format="GIF")
+    body = json.dumps({"image": base64.b64encode(gif.getvalue()).decode()}).encode()
+    request = urllib.request.Request(f"{served}/api/predict", body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400 and "GIF" in json.loads(refused.value.read())["error"]
+    port = served.rsplit(":", 1)[1]
+    assert "Traceback" not in (tmp_path / f"gunicorn-{port}.log").read_text()  # gevent's pool printed one a refusal
