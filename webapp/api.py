@@ -11,7 +11,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from werkzeug.exceptions import BadRequest
 
 from doodle_lib import feedback
-from doodle_lib.drawing import DrawingError, strokes_to_bitmap
+from doodle_lib.drawing import MAX_POINTS, MAX_STROKES, DrawingError, strokes_to_bitmap
 from doodle_lib.upload import image_to_bitmap
 from webapp import metrics, offload
 from webapp.schemas import (
@@ -21,6 +21,8 @@ from webapp.schemas import (
 api = APIBlueprint("api", __name__, url_prefix="/api", abp_tags=[Tag(name="doodles")])
 ERRORS = {400: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse}
 URL_SAFE = str.maketrans("-_", "+/")
+# Every point has an x, a y and perhaps a time; the rest of a body (labels, names, a reason) is a few hundred values.
+MAX_BODY_VALUES = 3 * MAX_POINTS + 3 * MAX_STROKES + 10_000
 DATA_URL = re.compile(r"^data:image/[a-z+.-]+(;[a-z0-9=.+-]+)*;base64,", re.IGNORECASE)
 
 
@@ -41,7 +43,7 @@ def require_json_object():
         return error(415, f"send the body as application/json (got {request.mimetype or 'no content type'!r})")
     if request.content_encoding:
         return error(415, f"Content-Encoding {request.content_encoding[:40]!r} is not accepted: send the body as it is")
-    problem = incomplete_body()
+    problem = incomplete_body() or too_many_values()
     if problem:
         return problem
     try:
@@ -67,6 +69,16 @@ def incomplete_body():
         return error(413, f"the body is too large: at most {limit} bytes")
     if request.content_length is not None and received < request.content_length:
         return error(400, f"the body ended after {received} of the {request.content_length} bytes its Content-Length announced")
+    return None
+
+
+def too_many_values():
+    """The error for a body holding more values than the largest drawing, counted before it is parsed: parsing and
+    validating the millions of numbers a 16 MB body can hold would take a worker for a second."""
+    separators = request.get_data().count(b",")  # an image's base64 holds none; a drawing's numbers one each
+    if separators > MAX_BODY_VALUES:
+        return error(413, f"the body holds {separators} values: a drawing has at most {MAX_POINTS} points "
+                          f"in at most {MAX_STROKES} strokes")
     return None
 
 

@@ -14,7 +14,7 @@ Stroke = Annotated[
     list[Axis], Field(min_length=2, max_length=3, description="[[xs], [ys]] or [[xs], [ys], [ts]], each as long as xs")
 ]
 Strokes = Annotated[
-    list[Stroke], Field(min_length=1, max_length=MAX_STROKES, description="Quick, Draw! strokes, any coordinate range")
+    list[Stroke], Field(min_length=1, max_length=MAX_STROKES, description="Quick, Draw! strokes, coordinates of any scale within ±1e7")
 ]
 Label = Annotated[str, Field(min_length=1, max_length=100, description="a category of the served model")]
 Version = Annotated[str, Field(pattern=r"^[0-9]{1,9}$", description="a registered model version")]

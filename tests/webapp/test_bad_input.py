@@ -10,6 +10,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from doodle_lib.drawing import MAX_POINTS
 from tests.conftest import fixture_drawings
 
 STROKES = fixture_drawings()[5][2]
@@ -57,7 +58,10 @@ CASES = [
     ("/api/predict", {"strokes": [[[], []]]}, 400, "stroke 0 is empty"),
     ("/api/predict", {"strokes": [[[1, 2], [1]]]}, 400, "2 x values but 1 y values"),
     ("/api/predict", {"strokes": [[[1, 2], [1, 2], [0]]]}, 400, "stroke 0 has 2 points but 1 times"),
-    ("/api/predict", {"strokes": [[[1, 2], [1, 2]]] * 513}, 422, "strokes"),
+    ("/api/predict", {"strokes": [[[1, 2], [1, 2]]] * 513}, 422, "strokes: too many: 513 (at most 512)"),
+    ("/api/feedback", (json.dumps({"strokes": [[[0] * 65_536] * 2] * 50, "label": "cat"}, separators=(",", ":")),
+                       "application/json"), 413,
+     "values: a drawing has at most 65536 points"),
     ("/api/predict", ('{"strokes": [[[1, NaN], [1, 2]]]}', "application/json"), 422, "finite number"),
     ("/api/predict", ('{"strokes": [[[1, Infinity], [1, 2]]]}', "application/json"), 422, "finite number"),
     ("/api/predict", ('{"strokes": [[[1, 2], [1, 2]]', "application/json"), 400, "not valid JSON: Expecting"),
@@ -169,6 +173,12 @@ def test_wrong_method_or_path_is_json(client, method, path, status):
     assert answer.status_code == status and answer.json["error"]
     if status == 405:  # which methods would do, in the header HTTP asks for and in the message
         assert "POST" in answer.headers["Allow"] and "use" in answer.json["error"] and "POST" in answer.json["error"]
+
+
+def test_the_largest_drawing_passes_the_count_of_values(client):
+    xs = [float(i % 256) for i in range(MAX_POINTS)]
+    answer = client.post("/api/predict", json={"strokes": [[xs, xs, [1e12 + i for i in range(MAX_POINTS)]]]})
+    assert answer.status_code != 413, answer.json  # refused for its ink, if at all, not for its size
 
 
 def test_a_made_up_method_is_refused_and_adds_no_metric_series(client):
