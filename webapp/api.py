@@ -160,13 +160,14 @@ def save_feedback(body: FeedbackRequest | ProposalRequest, label: str, bitmap: n
 
 @api.get("/model", responses={200: ModelResponse})
 def model():
-    """The served model version, its categories, since when it is served, and whether the registry answers."""
+    """The served model version, its categories (the labels feedback takes), since when, and whether the registry
+    answers."""
     h = holder()
     served = h.served
     return {
         "status": h.status(),
         "version": served.version if served else None,
-        "categories": served.categories if served else [],
+        "categories": h.known_categories(),  # while none is served, the base data's: what feedback may carry
         "loaded_since": served.loaded_at.isoformat() if served else None,
         "registry_reachable": h.registry_reachable,
         "poll_seconds": h.settings.model_poll_seconds,

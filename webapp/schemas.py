@@ -99,7 +99,8 @@ class ProposalsResponse(BaseModel):
 class ModelResponse(BaseModel):
     status: Literal["ok", "degraded", "no_model"]
     version: str | None
-    categories: list[str]
+    categories: list[str] = Field(description="the served model's; while none is served, the base data's (the "
+                                              "labels feedback takes either way)")
     loaded_since: str | None
     registry_reachable: bool
     poll_seconds: float

@@ -89,7 +89,8 @@ def test_without_production_model(bare_app, settings):
     answer = client.post("/api/predict", json={"strokes": strokes})
     assert answer.status_code == 503 and "no model is in production" in answer.json["error"]
     assert "No model is in production yet" in client.get("/").data.decode()
-    assert client.get("/api/model").json["status"] == "no_model"
+    described = client.get("/api/model").json
+    assert described["status"] == "no_model" and described["categories"] == list(CATEGORIES)  # what feedback takes
     assert client.get("/readyz").status_code == 200  # the registry answered: there is simply none yet
     unprompted = ("doodle_feedback_total", (("kind", "unprompted"), ("label", "apple"), ("model_version", "none"),
                                             ("predicted_label", "none")))
