@@ -103,6 +103,20 @@ def test_touch_drawing_on_a_phone_and_confirming(browser, webapp_url, settings, 
     context.close()
 
 
+@pytest.mark.parametrize("width, height", [(375, 667), (667, 375)])
+def test_on_a_small_phone_the_answer_controls_are_in_view(browser, webapp_url, versions, width, height):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(webapp_url)
+    draw_with_mouse(page, DRAWING[2])
+    page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
+    bottoms = page.evaluate("['right', 'wrong-label', 'wrong', 'message', 'canvas'].map("
+                            "id => document.getElementById(id).getBoundingClientRect().bottom)")
+    assert page.evaluate("window.scrollY") == 0 and max(bottoms) <= height, bottoms  # no scrolling to answer
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    assert page.locator("#canvas").bounding_box()["width"] >= 240  # still room to draw
+    page.close()
+
+
 def test_none_of_these_proposes_a_typed_category(browser, webapp_url, settings, versions):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(webapp_url)
