@@ -95,9 +95,9 @@ class ModelHolder:
     def why_no_model(self) -> str:
         """Why nothing is served, in words for the person asking for a prediction."""
         if not self.registry_reachable:
-            return f"no model is loaded and the model registry does not answer ({self.last_error or 'starting'})"
+            return f"no model is loaded: the model registry does not answer ({self.last_error or 'starting'})"
         if self.failed_version:
-            return f"the production model could not be loaded ({self.last_error})"
+            return f"no model is loaded: the production model could not be loaded ({self.last_error})"
         return "no model is in production yet: train and promote one"
 
     def known_categories(self) -> list[str]:

@@ -124,7 +124,9 @@ def test_production_version_that_cannot_be_loaded(settings, logged_models):
         assert client.get("/readyz").status_code == 503
         answer = client.post("/api/predict", json={"strokes": DRAWINGS[0][2]})
         assert answer.status_code == 503 and "could not be loaded" in answer.json["error"]
-        assert "No model is loaded:" in client.get("/").data.decode()
+        page = client.get("/").data.decode()
+        assert "No model is loaded: the production model could not be loaded" in page
+        assert page.lower().count("no model is loaded") == 1  # said once, not as the reason's start again
         saved = client.post("/api/feedback", json={"strokes": DRAWINGS[0][2], "label": "apple"})
         assert saved.status_code == 201
         # A good version in production heals it at the next check.
