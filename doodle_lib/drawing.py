@@ -160,7 +160,8 @@ def simplify(strokes: Strokes) -> Strokes:
     # The minima by numpy: which of -0.0 and 0.0 its reduction returns is its own, and the points keep that sign.
     ink, points, ends = _simplify.simplify(x, y, sizes, x.min(), y.min(), RDP_EPSILON, MAX_INK)
     if points is None:  # a scribble of 65,536 points can hold millions of units: refused before allocating them
-        raise DrawingError(f"too much ink: {ink:.0f} units of stroke in a 256-unit box (at most {MAX_INK})")
+        raise DrawingError(f"too much ink: {ink:.0f} units of stroke in a 256-unit box (at most {MAX_INK}): "
+                           "a doodle is a few lines, not shading")
     x, y = np.frombuffer(points).reshape(2, -1)  # a bytearray: writable arrays, as before
     return [(x[a:b], y[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
 

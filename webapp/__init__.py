@@ -90,6 +90,8 @@ def http_error(error: HTTPException):
     message = error.description or error.name
     if error.code == 413:
         message = f"the body is too large: at most {MAX_BODY_BYTES} bytes"
+    if error.code == 404:
+        message = f"nothing at {request.path[:100]!r}: the API's paths are in /openapi/openapi.json"
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         message = f"{request.method} is not allowed here: use {', '.join(error.valid_methods)}"
     response = jsonify(error=message)

@@ -41,6 +41,9 @@ def require_json_object():
         return None
     if not request.is_json:
         return error(415, f"send the body as application/json (got {request.mimetype or 'no content type'!r})")
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259); decoding as such anyway would garble the text
+        return error(415, f"send the JSON as UTF-8 (the Content-Type says charset={charset[:40]!r})")
     if request.content_encoding:
         return error(415, f"Content-Encoding {request.content_encoding[:40]!r} is not accepted: send the body as it is")
     problem = incomplete_body() or too_many_values()

@@ -91,7 +91,7 @@ def test_touch_drawing_on_a_phone_and_confirming(browser, webapp_url, settings, 
     # Taps after a CDP touch drag produce no click in headless chromium (pointerdown arrives, click never):
     # the drawing is by touch, the button press by a click.
     page.locator("#right").click()
-    page.wait_for_function("document.getElementById('message').textContent !== ''", timeout=10_000)
+    page.wait_for_function("() => document.getElementById('message').textContent !== ''", timeout=10_000)
     assert "confirmed" in page.locator("#message").inner_text(), page.locator("#message").inner_text()
     # The thanks is in view: the canvas, now empty, is what the phone shows, and the message sits below it.
     shown = page.evaluate("(({top, bottom}) => [top, bottom])(document.getElementById('message').getBoundingClientRect())")
@@ -402,7 +402,7 @@ def test_turning_the_phone_keeps_the_drawing_in_place(browser, webapp_url, versi
     page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
     before = page.evaluate("[canvas.clientWidth, strokes.map(([xs, ys]) => [xs.slice(), ys.slice()])]")
     page.set_viewport_size({"width": 390, "height": 844})
-    page.wait_for_function(f"canvas.clientWidth !== {before[0]}")
+    page.wait_for_function(f"() => canvas.clientWidth !== {before[0]}")
     page.wait_for_timeout(100)  # the resize observer's turn
     after = page.evaluate("[canvas.clientWidth, strokes.map(([xs, ys]) => [xs.slice(), ys.slice()])]")
     factor = after[0] / before[0]

@@ -81,6 +81,8 @@ def test_page_shows_version_and_categories(client, versions):
     assert f'id="model-version">{versions[0]}<' in page
     assert all(f'<option value="{name}">' in page for name in CATEGORIES)
     assert "touch-action: none" in client.get("/static/app.css").data.decode()
+    headers = client.get("/").headers  # its own script only, in no other site's frame
+    assert "default-src 'self'" in headers["Content-Security-Policy"] and headers["X-Frame-Options"] == "DENY"
 
 
 def test_without_production_model(bare_app, settings):

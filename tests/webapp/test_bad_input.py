@@ -73,6 +73,8 @@ CASES = [
     ("/api/predict", (json.dumps({"strokes": STROKES}), "text/plain"), 415, "application/json"),
     ("/api/predict", (json.dumps({"strokes": STROKES}), None), 415, "application/json"),
     ("/api/predict", ("strokes=1", "application/x-www-form-urlencoded"), 415, "application/json"),
+    ("/api/predict", (json.dumps({"strokes": STROKES}).encode("latin-1"), "application/json; charset=ISO-8859-1"), 415,
+     "send the JSON as UTF-8 (the Content-Type says charset='iso-8859-1')"),
     ("/api/predict", ("--x\r\n\r\n--x--", "multipart/form-data; boundary=x"), 415, "application/json"),
     ("/api/predict", ("x" * (17 * 1024 * 1024), "application/json"), 413, "large"),
     ("/api/predict", {"image": "not base64!"}, 400, "base64"),
@@ -167,10 +169,13 @@ def test_bad_request_is_refused_with_a_message(client, settings, path, body, sta
 
 
 @pytest.mark.parametrize("method, path, status", [("GET", "/api/predict", 405), ("PUT", "/api/feedback", 405),
-                                                  ("GET", "/api/../etc/passwd", 404), ("GET", "/nothing", 404)])
+                                                  ("GET", "/api/../etc/passwd", 404), ("GET", "/nothing", 404),
+                                                  ("POST", "/api/predict/", 404)])
 def test_wrong_method_or_path_is_json(client, method, path, status):
     answer = client.open(path, method=method)
     assert answer.status_code == status and answer.json["error"]
+    if status == 404:  # the path as received, and where the right ones are
+        assert "nothing at '/" in answer.json["error"] and "/openapi/openapi.json" in answer.json["error"]
     if status == 405:  # which methods would do, in the header HTTP asks for and in the message
         assert "POST" in answer.headers["Allow"] and "use" in answer.json["error"] and "POST" in answer.json["error"]
 
