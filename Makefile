@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Where torch comes from: PyTorch's CPU index, as in the images, because PyPI's Linux wheel of torch is the CUDA build
-# (several GB of CUDA packages). `make install TORCH_INDEX=` leaves it to pip's own sources (a mirror, local wheels);
-# pip's configured find-links and extra indexes count either way.
+# (several GB of CUDA packages). `make install TORCH_INDEX=` leaves it to pip's own sources (a mirror, local wheels),
+# as does an index that does not answer (pip would retry it for each package first); pip's configured find-links and
+# extra indexes count either way.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install up down status lock test test-fast clean-venv
@@ -18,7 +19,10 @@ $(STAMP): requirements/lock.txt pyproject.toml setup.py doodle_lib/_simplify.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing locked dependencies into $(VENV) (first time: a few minutes)"
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@index="$(TORCH_INDEX)"; \
+	if [ -n "$$index" ] && ! $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \
+	    "$$index/" 2>/dev/null; then echo "$$index does not answer: torch comes from pip's own sources"; index=""; fi; \
+	$(BIN)/pip install -q torch==2.13.0 $${index:+--index-url "$$index"}
 	@$(BIN)/pip install -q -r requirements/lock.txt
 	@$(BIN)/pip install -q --no-deps -e .
 	@touch $(STAMP)
