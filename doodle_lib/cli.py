@@ -324,14 +324,20 @@ def stack_down() -> None:
 
 @stack.command("status")
 def stack_status() -> None:
-    """Whether the stack runs, and each service's health."""
+    """Whether the stack runs, and each service's health; exits 1 unless it runs and every service is healthy."""
     from doodle_lib import stack as embedded
 
     settings = current_settings()
     pid = embedded.running_pid(settings)
     click.echo(f"stack: {'running, pid ' + str(pid) if pid else 'not running'}")
-    for name, url, ok in embedded.status(settings):
-        click.echo(f"  {name:<12} {url:<28} {'healthy' if ok else 'down'}")
+    states = embedded.status(settings)
+    for name, url, state in states:
+        click.echo(f"  {name:<12} {url:<28} {state}")
+    password = embedded.airflow_password(settings)
+    if pid and password:  # the banner's login, long scrolled away in `make up`'s log
+        click.echo(f"  Airflow login: user admin, password {password}")
+    if not pid or any(state != "healthy" for _, _, state in states):
+        raise SystemExit(1)
 
 
 @main.group()

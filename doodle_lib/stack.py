@@ -247,16 +247,12 @@ def environment(settings: Settings) -> dict[str, str]:
 def check_ports(settings: Settings) -> None:
     """Fail with a clear message when a port the stack needs is taken."""
     for service in services(settings):
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((service.host, service.port))
-            except OSError:
-                raise StackError(
-                    f"port {service.port} ({service.name}) is already in use on {service.host}: "
-                    "stop what listens there (`make status` tells whether it is this platform) "
-                    "or choose another port in the environment (see the README's configuration table)"
-                ) from None
+        if not port_free(service):
+            raise StackError(
+                f"port {service.port} ({service.name}) is already in use on {service.host}: "
+                "stop what listens there (`make status` tells whether it is this platform) "
+                "or choose another port in the environment (see the README's configuration table)"
+            )
 
 
 def run_step(
@@ -295,24 +291,26 @@ def initialise(settings: Settings, echo: Callable[[str], None]) -> None:
     write_prometheus_config(settings)
 
 
-def ensure_first_model(
+def ensure_model_served(
     settings: Settings, echo: Callable[[str], None], timeout: float = 120, stopped: Callable[[], bool] = lambda: False
 ) -> None:
     """Train, register and promote a first model if the registry has no production model yet, then wait until the
-    web app serves it; gives up quietly once `stopped()`."""
-    if has_production_model(settings):
-        return
-    command = [str(VENV_BIN / "doodle"), "train", "--promote"]
-    # Into the store directly, not through the server: the first run creates the experiment, and created locally
-    # its artifacts live in a plain folder (the one the server also serves), so the `doodle` command reads every
-    # model without a server. Through the server they would be mlflow-artifacts:/ URIs that only a server resolves.
-    env = {**environment(settings), "MLFLOW_TRACKING_URI": "", "DOODLE_TORCH_THREADS": "0"}
-    run_step("training the first model (about a minute)", command, env, echo, stopped)
+    web app serves the production model (on a restart too: the web app may have asked the registry before MLflow
+    answered, and loads it at its next poll); gives up quietly once `stopped()`."""
+    if not has_production_model(settings):
+        command = [str(VENV_BIN / "doodle"), "train", "--promote"]
+        # Into the store directly, not through the server: the first run creates the experiment, and created
+        # locally its artifacts live in a plain folder (the one the server also serves), so the `doodle` command
+        # reads every model without a server. Through the server they would be mlflow-artifacts:/ URIs that only a
+        # server resolves.
+        env = {**environment(settings), "MLFLOW_TRACKING_URI": "", "DOODLE_TORCH_THREADS": "0"}
+        run_step("training the first model (about a minute)", command, env, echo, stopped)
     webapp = next(s for s in services(settings) if s.name == "webapp").url()
     deadline = time.monotonic() + timeout
     while not stopped() and not served_version(webapp):
         if time.monotonic() > deadline:
-            raise StackError(f"the web app did not load the first model within {timeout:.0f}s; its log lines are above")
+            raise StackError(f"the web app did not load the production model within {timeout:.0f}s; its log lines "
+                             "are above")
         time.sleep(0.5)
 
 
@@ -441,7 +439,7 @@ def up(settings: Settings, echo: Callable[[str], None], ready_timeout: float = 1
             run_step("registering the registry webhook", [str(VENV_BIN / "doodle"), "webhook"], environment(settings), echo,
                      lambda: stop_asked)
         if honcho.poll() is None:
-            ensure_first_model(settings, echo, stopped=lambda: stop_asked)
+            ensure_model_served(settings, echo, stopped=lambda: stop_asked)
         if honcho.poll() is None and not stop_asked:
             echo(banner(settings))
         # Adopted descendants that end are this process's to reap (nothing else waits for them); honcho is waited for.
@@ -569,9 +567,31 @@ def down(settings: Settings, timeout: float = 60) -> bool:
     return True
 
 
-def status(settings: Settings) -> list[tuple[str, str, bool]]:
-    """Each service, its URL and whether it answers its health check."""
-    return [(s.name, s.url(), healthy(s.url() + s.health_path)) for s in services(settings)]
+def status(settings: Settings) -> list[tuple[str, str, str]]:
+    """Each service, its URL and its state: healthy; not answering (the stack runs); down; or its port taken by
+    another program (the stack does not run, yet something listens there)."""
+    running = running_pid(settings) is not None
+    states = []
+    for service in services(settings):
+        if healthy(service.url() + service.health_path):
+            state = "healthy"
+        elif running:
+            state = "not answering"
+        else:
+            state = "down" if port_free(service) else f"down; port {service.port} is taken by another program"
+        states.append((service.name, service.url(), state))
+    return states
+
+
+def port_free(service: Service) -> bool:
+    """Whether nothing listens on the service's address (binding it works)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((service.host, service.port))
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":  # the Procfile's `airflow` and `mlflow` processes

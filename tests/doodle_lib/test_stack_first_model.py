@@ -55,6 +55,28 @@ def test_the_web_app_is_checked_where_it_listens(settings):
     assert next(s for s in anywhere if s.name == "webapp").url() == "http://127.0.0.1:8123"
 
 
+def test_status_names_a_port_another_program_holds_and_exits_1(settings, tmp_path):
+    import socket
+    import sys
+    from pathlib import Path
+
+    ports = {"mlflow_port": free_port(), "airflow_port": free_port(), "prometheus_port": free_port()}
+    idle = settings.model_copy(update={"host": "127.0.0.1", "storage_dir": tmp_path,
+                                       "webapp_bind": f"127.0.0.1:{free_port()}", **ports})
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["airflow_port"]))
+        squatter.listen()  # answers no health check: not this platform's Airflow
+        states = {name: state for name, _, state in stack.status(idle)}
+        assert states["airflow"] == f"down; port {ports['airflow_port']} is taken by another program"
+        assert states["mlflow"] == states["webapp"] == "down"
+        env = {**os.environ, "DOODLE_STORAGE_DIR": str(tmp_path), "DOODLE_HOST": "127.0.0.1",
+               "DOODLE_WEBAPP_BIND": idle.webapp_bind, **{f"DOODLE_{k.upper()}": str(v) for k, v in ports.items()}}
+        shown = subprocess.run([str(Path(sys.executable).parent / "doodle"), "stack", "status"], env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 1 and "stack: not running" in shown.stdout, shown.stdout + shown.stderr
+    assert "taken by another program" in shown.stdout
+
+
 def test_a_pid_file_left_by_a_stack_that_died_does_not_block_the_next_start(settings):
     """After a crash and a reboot another process may hold the recorded pid: the start time tells them apart."""
     settings.storage_dir.mkdir(parents=True, exist_ok=True)

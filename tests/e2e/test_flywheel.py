@@ -105,7 +105,7 @@ def test_restart_keeps_the_model_and_the_waiting_feedback(platform):
     text = log.read_text()
     for step in ("creating Airflow's database", "preparing the dataset", "training the first model"):
         assert step not in text, f"the second start repeated: {step}"
-    wait_until(lambda: stack.model()["version"] == served, 120, f"version {served} to be served again")
+    assert stack.model()["version"] == served  # the banner comes once the web app serves it again
     assert sorted(ref.key for ref in feedback.complete(feedback_dir)) == before
     assert platform.down() == 0, "`make up` stopped by `make down` reports an error"
 
