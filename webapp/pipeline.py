@@ -40,6 +40,7 @@ def recent_runs() -> list[dict]:
                 "end": run.get("end_date"),
                 "stages": [{"task": stage_name(t), "state": t["state"], "seconds": t.get("duration")} for t in tasks],
                 "result": outcome(client, path, tasks),
+                "note": note(tasks),
             })
     return sorted(runs, key=lambda r: r["start"] or "", reverse=True)
 
@@ -69,6 +70,13 @@ def outcome(client: AirflowClient, run_path: str, tasks: list[dict]) -> dict | N
         return None
     value = client.get(f"{run_path}/taskInstances/promote/xcomEntries/return_value")["value"]
     return json.loads(value) if isinstance(value, str) else value
+
+
+def note(tasks: list[dict]) -> str | None:
+    """What a run that trained nothing did instead: its state alone ("success") reads like a new model."""
+    if any(t["task_id"] == "wait_for_feedback" and t["state"] == "skipped" for t in tasks):
+        return "nothing trained: too little feedback arrived in time"
+    return None
 
 
 @bp.get("/api/pipeline")
