@@ -30,7 +30,8 @@ def test_unreachable_airflow_is_a_503_with_the_address(client):
 def test_a_run_that_waited_in_vain_says_it_trained_nothing():
     from webapp.pipeline import note
 
-    waited_in_vain = [{"task_id": "check_params", "state": "success"}, {"task_id": "wait_for_feedback", "state": "skipped"},
-                      {"task_id": "train", "state": "skipped"}]
+    waited_in_vain = [{"task_id": "check_params", "state": "success"},
+                      {"task_id": "wait_for_feedback", "state": "skipped"}, {"task_id": "train", "state": "skipped"}]
     assert note(waited_in_vain) == "nothing trained: too little feedback arrived in time"
-    assert note([{"task_id": "wait_for_feedback", "state": "success"}, {"task_id": "train", "state": "running"}]) is None
+    training = [{"task_id": "wait_for_feedback", "state": "success"}, {"task_id": "train", "state": "running"}]
+    assert note(training) is None
