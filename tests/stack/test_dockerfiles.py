@@ -85,11 +85,13 @@ def make_install_commands() -> list[str]:
 
 def test_make_install_takes_torch_from_the_images_cpu_index():
     """PyPI's Linux wheel of torch is the CUDA build: `make install` (so `make up`, `make test` and CI) takes the CPU
-    build from the index the images use."""
+    build from the index the images use (pip's own sources only when that index does not answer)."""
     image = [r for r in Dockerfile.read(DOCKER / "airflow.Dockerfile").all("RUN") if "torch==" in r][0]
     index = re.search(r"--index-url (\S+)", image)[1]
-    [torch] = [c for c in make_install_commands() if "pip install" in c and "torch==" in c]
-    assert f"torch=={LOCKED['torch']}" in torch and f"--index-url {index}" in torch, torch
+    commands = make_install_commands()
+    [torch] = [c for c in commands if "pip install" in c and "torch==" in c]
+    assert f"torch=={LOCKED['torch']}" in torch and '--index-url "$index"' in torch, torch
+    assert any(line.startswith(f'index="{index}";') for line in commands), "\n".join(commands)
 
 
 def test_ci_installs_what_make_install_needs_on_debian():
