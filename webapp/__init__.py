@@ -71,14 +71,14 @@ class KnownMethods:
 def validation_error(error: ValidationError):
     """A 422 whose message names each field that is wrong and why."""
     # Field names are the client's own (an unknown key can be any length): each shown in at most 40 characters.
-    problems = [f"{'.'.join(str(p)[:40] for p in e['loc']) or 'body'}: {message(e)}" for e in error.errors()[:5]]
+    problems = [f"{'.'.join(str(p)[:40] for p in e['loc']) or 'body'}: {plain(e)}" for e in error.errors()[:5]]
     more = f" (and {error.error_count() - 5} more)" if error.error_count() > 5 else ""
     response = jsonify(error="; ".join(problems) + more)
     response.status_code = 422
     return response
 
 
-def message(problem: dict) -> str:
+def plain(problem: dict) -> str:
     """pydantic's message for one problem, put plainly where it is not (the page shows it to people drawing)."""
     if problem["type"] == "too_long":  # "List should have at most 512 items after validation, not 520"
         return f"too many: {problem['ctx']['actual_length']} (at most {problem['ctx']['max_length']})"
