@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http.client import HTTPException, HTTPResponse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -96,16 +97,14 @@ def download(
     """Fetch several categories (see download_category); every name is checked, and every missing file asked for
     with a one-byte request, before the first transfer: a misspelt last name fails before hours of downloads."""
     names = list(dict.fromkeys(validate_category(c) for c in categories))
-    plans = [_plan(name, dest_dir, base_url, kinds, max_per_category) for name in names]
-    for plan in plans:
-        for url, category, final in plan:
-            if not _already_done(final, final.parent.name, max_per_category):
-                final.parent.mkdir(parents=True, exist_ok=True)  # a bad destination fails before any request
-                _open(url, 0, 1, category).close()
-    paths: list[Path] = []
-    for plan in plans:
-        paths += _fetch_plan(plan, max_per_category, progress)
-    return paths
+    files = [file for name in names for file in _plan(name, dest_dir, base_url, kinds, max_per_category)]
+    missing = [file for file in files if not _already_done(file.final, file.kind, max_per_category)]
+    for file in missing:
+        file.final.parent.mkdir(parents=True, exist_ok=True)  # a bad destination fails before any request
+        _open(file.url, 0, 1, file.category).close()
+    for file in missing:
+        _get(file, max_per_category, progress)
+    return [file.final for file in files]
 
 
 def download_category(
@@ -117,13 +116,26 @@ def download_category(
     progress: bool = True,
 ) -> list[Path]:
     """Fetch one category's files to dest_dir/<kind>/<category>.npy|.ndjson and return their paths."""
-    return _fetch_plan(_plan(category, dest_dir, base_url, kinds, max_per_category), max_per_category, progress)
+    files = _plan(category, dest_dir, base_url, kinds, max_per_category)
+    for file in files:
+        if not _already_done(file.final, file.kind, max_per_category):
+            _get(file, max_per_category, progress)
+    return [file.final for file in files]
+
+
+class _File(NamedTuple):
+    """One category's file of one kind: where it is on the server and where it goes."""
+
+    url: str
+    category: str
+    kind: str
+    final: Path
 
 
 def _plan(
     category: str, dest_dir: Path | str | None, base_url: str | None, kinds: Sequence[str], max_per_category: int | None
-) -> list[tuple[str, str, Path]]:
-    """Check the arguments and name each of category's files: (URL, category, local path), one per kind."""
+) -> list[_File]:
+    """Check the arguments and name each of category's files, one per kind."""
     validate_category(category)
     if dest_dir is None or base_url is None:
         settings = get_settings()
@@ -141,22 +153,18 @@ def _plan(
     ):
         raise DownloadError(f"max_per_category must be a positive integer or None, not {max_per_category!r}")
     return [
-        (category_url(base_url, kind, category), category, Path(dest_dir) / kind / f"{category}{KINDS[kind]}")
+        _File(category_url(base_url, kind, category), category, kind, Path(dest_dir) / kind / f"{category}{KINDS[kind]}")
         for kind in kinds
     ]
 
 
-def _fetch_plan(plan: list[tuple[str, str, Path]], max_per_category: int | None, progress: bool) -> list[Path]:
-    """Download each planned file that the local files do not already satisfy; return every planned path."""
-    for url, category, final in plan:
-        kind = final.parent.name
-        if not _already_done(final, kind, max_per_category):
-            final.parent.mkdir(parents=True, exist_ok=True)
-            _whole_marker(final).unlink(missing_ok=True)
-            _download_file(url, category, kind, final, max_per_category, progress)
-            if max_per_category is None:
-                _whole_marker(final).touch()
-    return [final for _, _, final in plan]
+def _get(file: _File, max_per_category: int | None, progress: bool) -> None:
+    """Download one file the local files do not satisfy; one downloaded whole gets its marker."""
+    file.final.parent.mkdir(parents=True, exist_ok=True)
+    _whole_marker(file.final).unlink(missing_ok=True)
+    _download_file(file.url, file.category, file.kind, file.final, max_per_category, progress)
+    if max_per_category is None:
+        _whole_marker(file.final).touch()
 
 
 def _whole_marker(final: Path) -> Path:
