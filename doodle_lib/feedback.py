@@ -1,6 +1,7 @@
 """The feedback folder: one PNG and one JSON per drawing under <root>/<category>/, the JSON written last."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -52,16 +53,21 @@ def check_folder_name(name: str) -> str:
     return name
 
 
-def new_id() -> str:
-    """A collision-free, time-sortable drawing id."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
+def new_id(key: str | None = None) -> str:
+    """A collision-free, time-sortable drawing id; a client's idempotency key fixes its last part (find())."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{_key_digest(key) if key else uuid.uuid4().hex[:12]}"
 
 
-def save(root: Path, category: str, bitmap: np.ndarray, record: dict) -> DrawingRef:
-    """Store a drawing atomically: the PNG first, then its JSON, so a JSON always has its PNG."""
+def _key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def save(root: Path, category: str, bitmap: np.ndarray, record: dict, key: str | None = None) -> DrawingRef:
+    """Store a drawing atomically: the PNG first, then its JSON, so a JSON always has its PNG. With the client's
+    idempotency key, find() finds it again while it waits in `root`."""
     from PIL import Image
 
-    ref = DrawingRef(check_folder_name(category), new_id())
+    ref = DrawingRef(check_folder_name(category), new_id(key))
     folder = root / ref.category
     png = io.BytesIO()
     Image.fromarray(np.asarray(bitmap, dtype=np.uint8)).save(png, format="PNG")
@@ -70,6 +76,13 @@ def save(root: Path, category: str, bitmap: np.ndarray, record: dict) -> Drawing
     atomic.write_bytes(folder / f"{ref.id}.png", png.getvalue())
     atomic.write_bytes(folder / f"{ref.id}.json", json.dumps(document).encode())
     return ref
+
+
+def find(root: Path, category: str, key: str) -> DrawingRef | None:
+    """The complete drawing saved in `root` under `category` with this idempotency key, while it waits there."""
+    folder = root / check_folder_name(category)
+    found = sorted(folder.glob(f"*-{_key_digest(key)}.json")) if folder.is_dir() else []
+    return DrawingRef(category, found[0].stem) if found else None
 
 
 def complete(root: Path) -> list[DrawingRef]:

@@ -124,15 +124,16 @@ def names(settings: Settings) -> list[str]:
 
 
 def save(
-    settings: Settings, name: str, typed: str, bitmap: np.ndarray, record: dict
+    settings: Settings, name: str, typed: str, bitmap: np.ndarray, record: dict, key: str | None = None
 ) -> tuple[feedback.DrawingRef, int]:
-    """Store a drawing under proposal `name` (from `target`), creating the proposal; returns its ref and count."""
+    """Store a drawing under proposal `name` (from `target`), creating the proposal; returns its ref and count.
+    `key`: the client's idempotency key (feedback.find)."""
     if normalise(name) != name:  # only normalised names ever become folders
         raise ProposalError(f"not a normalised category name: {name!r}")
     if not (settings.proposals_dir / name / STATE_FILE).exists():
         write_state(settings, name, {"display_name": display(typed), "status": "pending", "created_at": now()})
     record = {**record, "kind": "proposal", "proposed_as": typed}
-    ref = feedback.save(settings.proposals_dir, name, bitmap, record)
+    ref = feedback.save(settings.proposals_dir, name, bitmap, record, key)
     return ref, len(drawings(settings, name))
 
 

@@ -16,6 +16,7 @@ from doodle_lib.upload import image_to_bitmap
 from webapp import metrics, offload
 from webapp.schemas import (
     ErrorResponse, FeedbackRequest, FeedbackResponse, ModelResponse, PredictRequest, PredictResponse, ProposalRequest,
+    SaveHeaders,
 )
 
 api = APIBlueprint("api", __name__, url_prefix="/api", abp_tags=[Tag(name="doodles")])
@@ -23,6 +24,7 @@ ERRORS = {400: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse}
 URL_SAFE = str.maketrans("-_", "+/")
 # Every point has an x, a y and perhaps a time; the rest of a body (labels, names, a reason) is a few hundred values.
 MAX_BODY_VALUES = 3 * MAX_POINTS + 3 * MAX_STROKES + 10_000
+REPLAYED = {"Idempotent-Replayed": "true"}  # on the answer to a save sent again with the same Idempotency-Key
 DATA_URL = re.compile(r"^data:image/[a-z+.-]+(;[a-z0-9=.+-]+)*;base64,", re.IGNORECASE)
 
 
@@ -123,7 +125,7 @@ def predict(body: PredictRequest):
 
 
 @api.post("/feedback", responses={201: FeedbackResponse, **ERRORS})
-def post_feedback(body: FeedbackRequest):
+def post_feedback(body: FeedbackRequest, header: SaveHeaders):
     """Store a drawing with its correct label: confirmed when it matches the prediction, else a correction."""
     known = holder().known_categories()
     for field, value in (("label", body.label), ("predicted_label", body.predicted_label)):
@@ -135,12 +137,18 @@ def post_feedback(body: FeedbackRequest):
         label = feedback.check_folder_name(body.label)
     except ValueError as problem:  # DrawingError and FeedbackError
         return error(400, str(problem))
-    ref, kind = save_feedback(body, label, bitmap)
-    return {"id": ref.key, "kind": kind}, 201
+    ref, kind, replayed = save_feedback(body, label, bitmap, header.idempotency_key)
+    return {"id": ref.key, "kind": kind}, 201, REPLAYED if replayed else {}
 
 
-def save_feedback(body: FeedbackRequest | ProposalRequest, label: str, bitmap: np.ndarray, **extra):
-    """Store a drawing as feedback for the known category `label` and count it; returns its ref and kind."""
+def save_feedback(
+    body: FeedbackRequest | ProposalRequest, label: str, bitmap: np.ndarray, key: str | None, **extra
+) -> tuple[feedback.DrawingRef, str, bool]:
+    """Store a drawing as feedback for the known category `label` and count it; returns its ref, its kind and
+    whether it was stored before under the same idempotency key (then nothing is written or counted again)."""
+    root = current_app.config["SETTINGS"].feedback_dir
+    if key and (ref := feedback.find(root, label, key)):
+        return ref, feedback.read(root, ref)[1]["kind"], True
     if body.predicted_label is None:
         kind = "unprompted"
     else:
@@ -153,26 +161,16 @@ def save_feedback(body: FeedbackRequest | ProposalRequest, label: str, bitmap: n
         "source": "webapp",
         **extra,
     }
-    ref = feedback.save(current_app.config["SETTINGS"].feedback_dir, label, bitmap, record)
+    ref = feedback.save(root, label, bitmap, record, key)
     # Versions become label values only when this worker served them: clients cannot grow the series.
     version = body.model_version if body.model_version in holder().versions_seen else "other"
     version = "none" if body.model_version is None else version
     metrics.observe_feedback(version, body.predicted_label or "none", label, kind)
-    return ref, kind
+    return ref, kind, False
 
 
 @api.get("/model", responses={200: ModelResponse})
 def model():
     """The served model version, its categories (the labels feedback takes), since when, and whether the registry
     answers."""
-    h = holder()
-    served = h.served
-    return {
-        "status": h.status(),
-        "version": served.version if served else None,
-        "categories": h.known_categories(),  # while none is served, the base data's: what feedback may carry
-        "loaded_since": served.loaded_at.isoformat() if served else None,
-        "registry_reachable": h.registry_reachable,
-        "poll_seconds": h.settings.model_poll_seconds,
-        "last_error": h.last_error,
-    }
+    return holder().describe()

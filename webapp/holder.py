@@ -100,6 +100,30 @@ class ModelHolder:
             return f"no model is loaded: the production model could not be loaded ({self.last_error})"
         return "no model is in production yet: train and promote one"
 
+    def reason(self) -> str | None:
+        """Why the status is not ok, in words for the page; None when it is."""
+        if self.served is None:
+            return self.why_no_model()
+        if not self.registry_reachable:
+            return "registry unreachable: still serving"
+        if self.failed_version:
+            return f"version {self.failed_version} could not be loaded: still serving"
+        return None
+
+    def describe(self) -> dict:
+        """What GET /api/model and the page say of the served model."""
+        served = self.served
+        return {
+            "status": self.status(),
+            "reason": self.reason(),
+            "version": served.version if served else None,
+            "categories": self.known_categories(),  # while none is served, the base data's: what feedback may carry
+            "loaded_since": served.loaded_at.isoformat() if served else None,
+            "registry_reachable": self.registry_reachable,
+            "poll_seconds": self.settings.model_poll_seconds,
+            "last_error": self.last_error,
+        }
+
     def known_categories(self) -> list[str]:
         """Labels feedback may carry: the served model's, or the base data's while none is served."""
         served = self.served

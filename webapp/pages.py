@@ -23,14 +23,4 @@ def secure(response):
 @bp.get("/")
 def index():
     """Draw, see the top 3, confirm or correct."""
-    holder = current_app.extensions["model_holder"]
-    served = holder.served
-    return render_template(
-        "index.html",
-        version=served.version if served else None,
-        categories=holder.known_categories(),
-        status=holder.status(),
-        registry_reachable=holder.registry_reachable,
-        failed_version=holder.failed_version,
-        why_no_model=None if served else holder.why_no_model(),
-    )
+    return render_template("index.html", model=current_app.extensions["model_holder"].describe())

@@ -9,15 +9,15 @@ from flask_openapi3 import APIBlueprint, Tag
 from doodle_lib import feedback, proposals
 from doodle_lib.drawing import strokes_to_bitmap
 from webapp import metrics
-from webapp.api import ERRORS, error, holder, require_json_object, save_feedback
-from webapp.schemas import ProposalRequest, ProposalResponse, ProposalsResponse
+from webapp.api import ERRORS, REPLAYED, error, holder, require_json_object, save_feedback
+from webapp.schemas import ProposalRequest, ProposalResponse, ProposalsResponse, SaveHeaders
 
 api = APIBlueprint("proposals", __name__, url_prefix="/api", abp_tags=[Tag(name="proposals")])
 api.before_request(require_json_object)
 
 
 @api.post("/proposals", responses={201: ProposalResponse, **ERRORS})
-def post_proposal(body: ProposalRequest):
+def post_proposal(body: ProposalRequest, header: SaveHeaders):
     """Store a drawing none of the categories fits: as a proposal for the typed name, or as feedback if it is known."""
     settings = current_app.config["SETTINGS"]
     known = holder().known_categories()
@@ -29,16 +29,24 @@ def post_proposal(body: ProposalRequest):
     except ValueError as problem:  # DrawingError and ProposalError
         metrics.observe_proposal("refused")
         return error(400, str(problem))
+    key = header.idempotency_key
     if where.known:
-        ref, kind = save_feedback(body, where.name, bitmap, proposed_as=body.name)
+        ref, kind, replayed = save_feedback(body, where.name, bitmap, key, proposed_as=body.name)
         count = sum(r.category == where.name for r in feedback.complete(settings.feedback_dir))
     else:
-        record = {"strokes": body.strokes, "predicted_label": body.predicted_label,
-                  "model_version": body.model_version, "source": "webapp"}
-        ref, count = proposals.save(settings, where.name, body.name, bitmap, record)
         kind = "proposal"
-    metrics.observe_proposal("known" if where.known else "proposal")
-    return {"id": ref.key, "name": where.name, "known": where.known, "kind": kind, "count": count}, 201
+        ref = feedback.find(settings.proposals_dir, where.name, key) if key else None
+        replayed = ref is not None
+        if replayed:
+            count = len(proposals.drawings(settings, where.name))
+        else:
+            record = {"strokes": body.strokes, "predicted_label": body.predicted_label,
+                      "model_version": body.model_version, "source": "webapp"}
+            ref, count = proposals.save(settings, where.name, body.name, bitmap, record, key)
+    if not replayed:
+        metrics.observe_proposal("known" if where.known else "proposal")
+    answer = {"id": ref.key, "name": where.name, "known": where.known, "kind": kind, "count": count}
+    return answer, 201, REPLAYED if replayed else {}
 
 
 @api.get("/proposals", responses={200: ProposalsResponse})

@@ -59,6 +59,17 @@ class FeedbackRequest(Strict):
     model_version: Version | None = None
 
 
+class SaveHeaders(BaseModel):
+    """Headers of a request that stores a drawing."""
+
+    idempotency_key: str | None = Field(
+        None, alias="Idempotency-Key", pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        description="the client's own id of this save, 8-64 letters, digits, '-' or '_': sent again with the same "
+                    "body (its answer was lost), the drawing is not stored twice and the first answer comes back, "
+                    "with Idempotent-Replayed: true",
+    )
+
+
 class FeedbackResponse(BaseModel):
     id: str = Field(description="<category>/<drawing id>")
     kind: Literal["confirmed", "correction", "unprompted"]
@@ -98,6 +109,7 @@ class ProposalsResponse(BaseModel):
 
 class ModelResponse(BaseModel):
     status: Literal["ok", "degraded", "no_model"]
+    reason: str | None = Field(description="why the status is not ok, in words (null when it is)")
     version: str | None
     categories: list[str] = Field(description="the served model's; while none is served, the base data's (the "
                                               "labels feedback takes either way)")

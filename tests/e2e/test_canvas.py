@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import base64
+import copy
 
 import pytest
 
-from doodle_lib import feedback
+from doodle_lib import feedback, tracking
 from doodle_lib.settings import PROJECT_ROOT
 from tests.conftest import CATEGORIES, fixture_drawings
+from tests.webapp.serving import app_env, gunicorn_app, log_models, register
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = PROJECT_ROOT / "tests" / "artifacts"
@@ -180,6 +182,27 @@ def test_a_late_answer_is_dropped_and_a_lost_save_says_so(browser, webapp_url, s
     page.locator("#message.error").wait_for(timeout=10_000)
     assert "not saved" in page.locator("#message").inner_text()
     assert stored(settings) == [] and page.locator("#predictions li").count() == 3  # the drawing is still there
+    page.close()
+
+
+def test_a_save_whose_answer_was_lost_is_stored_once_when_sent_again(browser, webapp_url, settings, versions):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    draw_with_mouse(page, DRAWING[2])
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
+
+    def lose_the_answer(route):
+        route.fetch()  # the server stores the drawing and answers...
+        route.abort("connectionreset")  # ...and the answer never reaches the page
+
+    page.route("**/api/feedback", lose_the_answer)
+    page.click("#right")
+    page.locator("#message.error").wait_for(timeout=10_000)
+    assert "not saved" in page.locator("#message").inner_text() and len(stored(settings)) == 1
+    page.unroute("**/api/feedback")
+    page.click("#right")  # what a person does on "not saved: ... try again"
+    record = saved_record(page, settings)  # one drawing on disk, the one the first click stored
+    assert page.locator("#message").get_attribute("data-id") == f"{record['label']}/{record['id']}"
     page.close()
 
 
@@ -457,3 +480,33 @@ def test_a_screen_reader_hears_the_guesses_once_the_pen_lifts(browser, webapp_ur
     page.click("#clear")
     assert page.text_content("#heard") == ""
     page.close()
+
+
+def test_an_open_page_follows_the_served_model(browser, settings, logged_models, trained_models, tmp_path):
+    """A page opened before any model is in production learns of the first one, and then of a version with a new
+    category (a label the correction list offers at once), without a reload."""
+    first, _ = register(settings, logged_models, promote_first=False)
+    grown = copy.deepcopy(trained_models[0])
+    grown.add_categories(["dog"])
+    [grown_version] = register(settings, log_models(settings, [grown]), promote_first=False)
+    with gunicorn_app(app_env(settings, poll_seconds=1), tmp_path) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(url)
+        assert page.locator("#no-model").inner_text() == "No model is in production yet: train and promote one."
+        tracking.set_production(settings, first)
+        page.wait_for_function(VERSION_SHOWN, arg=first, timeout=15_000)
+        assert "Predictions are off" not in page.locator("#model").inner_text()
+        assert labels_offered(page) == list(CATEGORIES)
+        page.select_option("#wrong-label", "cat")
+        tracking.set_production(settings, grown_version)
+        page.wait_for_function(VERSION_SHOWN, arg=grown_version, timeout=15_000)
+        assert labels_offered(page) == [*CATEGORIES, "dog"]
+        assert page.locator("#wrong-label").input_value() == "cat"  # the choice made before the swap stands
+        page.close()
+
+
+VERSION_SHOWN = "v => document.getElementById('model-version')?.textContent === v"
+
+
+def labels_offered(page) -> list[str]:
+    return page.locator("#wrong-label option").evaluate_all("options => options.slice(1, -1).map(o => o.value)")

@@ -93,6 +93,7 @@ def test_without_production_model(bare_app, settings):
     assert "No model is in production yet" in client.get("/").data.decode()
     described = client.get("/api/model").json
     assert described["status"] == "no_model" and described["categories"] == list(CATEGORIES)  # what feedback takes
+    assert described["reason"] == "no model is in production yet: train and promote one"
     assert client.get("/readyz").status_code == 200  # the registry answered: there is simply none yet
     unprompted = ("doodle_feedback_total", (("kind", "unprompted"), ("label", "apple"), ("model_version", "none"),
                                             ("predicted_label", "none")))
@@ -141,6 +142,7 @@ def test_production_version_that_cannot_be_loaded(settings, logged_models):
         app.extensions["model_holder"].check()
         model = client.get("/api/model").json
         assert model["status"] == "degraded" and model["version"] == good and model["registry_reachable"]
+        assert model["reason"] == f"version {broken.version} could not be loaded: still serving"
         page = client.get("/").data.decode()
         assert f"version {broken.version} could not be loaded: still serving" in page and "unreachable" not in page
     finally:
@@ -162,6 +164,30 @@ def test_metrics_count_predictions_and_feedback(client, versions):
     assert found[("doodle_prediction_confidence_count", (("model_version", versions[0]),))] == 1
     latency = ("flask_http_request_duration_seconds_count", (("endpoint", "api.predict"), ("method", "POST"), ("status", "200")))
     assert found[latency] == 1
+
+
+def test_a_save_sent_again_with_its_idempotency_key_is_stored_once(client, settings, versions):
+    """The page sends a save again with the same key when the first answer was lost: one drawing, the first answer."""
+    _, _, strokes = DRAWINGS[1]
+    body = {"strokes": strokes, "label": "cat", "predicted_label": "fish", "model_version": versions[0]}
+    before = samples(client.get("/metrics").data.decode())
+    first, again = (client.post("/api/feedback", json=body, headers={"Idempotency-Key": "k" * 20}) for _ in "12")
+    assert first.status_code == again.status_code == 201 and again.json == first.json
+    assert first.json["kind"] == "correction" and "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    found = {k: v - before.get(k, 0) for k, v in samples(client.get("/metrics").data.decode()).items()}
+    key = (("kind", "correction"), ("label", "cat"), ("model_version", versions[0]), ("predicted_label", "fish"))
+    assert found[("doodle_feedback_total", key)] == 1  # counted once
+    other = client.post("/api/feedback", json=body, headers={"Idempotency-Key": "m" * 20})
+    assert other.status_code == 201 and other.json["id"] != first.json["id"]
+    proposed = [client.post("/api/proposals", json={"strokes": strokes, "name": "Dog"},
+                            headers={"Idempotency-Key": "p" * 20}) for _ in "12"]
+    assert [(p.status_code, p.json["count"]) for p in proposed] == [(201, 1), (201, 1)]
+    assert proposed[0].json["id"] == proposed[1].json["id"] == f"dog/{proposed[0].json['id'].split('/')[1]}"
+    for bad in ("../../etc/passwd", "short", "x" * 65, "k k k k k k"):
+        refused = client.post("/api/feedback", json=body, headers={"Idempotency-Key": bad})
+        assert refused.status_code == 422 and "Idempotency-Key" in refused.json["error"], (bad, refused.json)
+    assert len(feedback.complete(settings.feedback_dir)) == 2 and len(feedback.complete(settings.proposals_dir)) == 1
 
 
 def test_metrics_export_a_served_versions_series_before_its_first_answer(client, versions):

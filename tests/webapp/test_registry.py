@@ -94,6 +94,7 @@ def test_registry_outage_under_load_keeps_serving_and_recovers(own, registry, tm
                 model = get_json(f"{url}/api/model")
                 assert model["status"] == "degraded" and model["version"] == versions[0]
                 assert not model["registry_reachable"] and "unreachable" in model["last_error"]
+                assert model["reason"] == "registry unreachable: still serving"
                 assert get_json(f"{url}/readyz")["status"] == "degraded"
                 metrics = get_json_text(f"{url}/metrics")
                 assert "doodle_registry_reachable 0.0" in metrics

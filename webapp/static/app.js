@@ -11,6 +11,7 @@ const wrongButton = document.getElementById("wrong");
 const wrongLabel = document.getElementById("wrong-label");
 const nameIt = document.getElementById("name-it"); // the "none of these" option; option 0 is "choose..."
 const newLabel = document.getElementById("new-label");
+const modelLine = document.getElementById("model");
 const DEBOUNCE_MS = 120; // ask once the pen pauses this long...
 const MAX_WAIT_MS = 300; // ...or this long after the first unanswered change: guesses follow a long stroke too
 const RETRY_MS = 3000; // asking again after the server did not answer
@@ -25,6 +26,7 @@ let sequence = 0; // counts changes to the strokes
 let epoch = 0; // counts changes that take ink away (undo, clear, a save): answers from before one are dropped
 let shown = 0; // the change the guesses on the page are about: older answers are dropped
 let saving = false;
+let unanswered = null; // {sent, key}: the save whose answer never came; sending the same again reuses its key
 const start = performance.now();
 
 function resize() {
@@ -158,8 +160,7 @@ function show(answer, about = sequence) {
   const image = bitmap.createImageData(28, 28);
   pixels.forEach((v, i) => { image.data.set([v, v, v, 255], i * 4); });
   bitmap.putImageData(image, 0, 0);
-  const version = document.getElementById("model-version");
-  if (version) version.textContent = answer.model_version;
+  if (answer.model_version !== modelLine.dataset.version) refreshModel(); // swapped since the page last asked
   // Spoken once the pen lifts, about the drawing as it is: not every few hundred ms while a stroke goes on.
   const words = answer.predictions.map(({label, probability}) => `${label} ${(probability * 100).toFixed(0)}%`);
   const spoken = `The model thinks: ${words.join(", ")}`;
@@ -179,15 +180,21 @@ async function save(path, body, thanks) {
   if (last) { body.predicted_label = last.predictions[0].label; body.model_version = last.model_version; }
   saving = true;
   updateButtons();
+  // The same drawing sent again after an answer was lost (the server may have stored it) carries the same key, so
+  // the server stores it once and answers as the first time.
+  const text = JSON.stringify(body);
+  const key = unanswered && unanswered.sent === path + text ? unanswered.key : newKey();
   let response;
   let answer;
   try {
     response = await fetch(path, {
-      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+      method: "POST", headers: {"Content-Type": "application/json", "Idempotency-Key": key}, body: text,
     });
+    unanswered = null;
     // A proxy in front may answer an error with an HTML page: say its status then.
     answer = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
   } catch (error) {
+    unanswered = {sent: path + text, key};
     say("not saved: can't reach the server. Your drawing is kept; try again.", "error");
     return;
   } finally {
@@ -202,6 +209,11 @@ async function save(path, body, thanks) {
   newLabel.value = "";
   strokes = strokes.filter((stroke) => !sent.includes(stroke));
   changed(true);
+}
+
+function newKey() {
+  // 128 random bits as hex (crypto.randomUUID needs HTTPS; a phone on the LAN opens the page over plain HTTP).
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function send(label) {
@@ -233,6 +245,37 @@ async function loadProposals() {
   }
 }
 
+async function refreshModel() {
+  // Optional like the suggestions: a server that does not answer leaves the header as it was (predictions say why).
+  try {
+    const response = await fetch("/api/model");
+    if (response.ok) showModel(await response.json());
+  } catch (error) {
+    // the next check asks again
+  }
+}
+
+function showModel(info) {
+  // The header as the server renders it (templates/index.html), and the labels a correction can name: a page left
+  // open learns of a swap, a registry outage, the first model and a new category without a reload.
+  const strong = (id, text) => Object.assign(document.createElement("strong"), {id, textContent: text});
+  if (info.version) {
+    modelLine.replaceChildren("Model version ", strong("model-version", info.version), info.reason ? ` (${info.reason})` : "");
+  } else {
+    const reason = info.reason[0].toUpperCase() + info.reason.slice(1);
+    modelLine.replaceChildren(strong("no-model", `${reason}.`), " Predictions are off; you can still label drawings.");
+  }
+  modelLine.dataset.version = info.version || "";
+  const options = [...wrongLabel.options].slice(1, -1); // between "choose..." and "none of these"
+  if (options.map((option) => option.value).join("\n") === info.categories.join("\n")) return;
+  const chosen = wrongLabel.value;
+  options.forEach((option) => option.remove());
+  nameIt.before(...info.categories.map((name) => new Option(name, name)));
+  if (info.categories.includes(chosen)) wrongLabel.value = chosen;
+  else if (wrongLabel.selectedOptions[0] !== nameIt) wrongLabel.selectedIndex = 0; // its category is gone
+  updateButtons();
+}
+
 function say(text, kind) { message.textContent = text; message.className = kind; }
 
 function saveChoice() {
@@ -248,6 +291,9 @@ wrongLabel.addEventListener("change", () => {
   updateButtons();
   if (!newLabel.hidden) { newLabel.focus(); loadProposals(); }
 });
+// As often as the server asks the registry (at least a second apart), while the page is in view.
+setInterval(() => { if (!document.hidden) refreshModel(); }, Math.max(1, Number(modelLine.dataset.pollSeconds)) * 1000);
+document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshModel(); });
 // The canvas changes size with the window, and without it (a scroll bar appearing): watch the canvas itself.
 new ResizeObserver(resize).observe(canvas);
 window.addEventListener("resize", resize); // a zoom changes the device pixel ratio, not the canvas's CSS size
