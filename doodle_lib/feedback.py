@@ -78,11 +78,15 @@ def save(root: Path, category: str, bitmap: np.ndarray, record: dict, key: str |
     return ref
 
 
-def find(root: Path, category: str, key: str) -> DrawingRef | None:
-    """The complete drawing saved in `root` under `category` with this idempotency key, while it waits there."""
+def find(root: Path, category: str, key: str) -> tuple[DrawingRef, dict] | None:
+    """The drawing saved in `root` under `category` with this idempotency key, and its record, while it waits there."""
     folder = root / check_folder_name(category)
-    found = sorted(folder.glob(f"*-{_key_digest(key)}.json")) if folder.is_dir() else []
-    return DrawingRef(category, found[0].stem) if found else None
+    for path in sorted(folder.glob(f"*-{_key_digest(key)}.json")) if folder.is_dir() else []:
+        try:
+            return DrawingRef(category, path.stem), json.loads(path.read_text())
+        except FileNotFoundError:  # moved on to training since the listing
+            continue
+    return None
 
 
 def complete(root: Path) -> list[DrawingRef]:

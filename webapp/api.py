@@ -147,8 +147,9 @@ def save_feedback(
     """Store a drawing as feedback for the known category `label` and count it; returns its ref, its kind and
     whether it was stored before under the same idempotency key (then nothing is written or counted again)."""
     root = current_app.config["SETTINGS"].feedback_dir
-    if key and (ref := feedback.find(root, label, key)):
-        return ref, feedback.read(root, ref)[1]["kind"], True
+    if key and (earlier := feedback.find(root, label, key)):
+        ref, record = earlier
+        return ref, record["kind"], True
     if body.predicted_label is None:
         kind = "unprompted"
     else:

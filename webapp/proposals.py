@@ -35,10 +35,10 @@ def post_proposal(body: ProposalRequest, header: SaveHeaders):
         count = sum(r.category == where.name for r in feedback.complete(settings.feedback_dir))
     else:
         kind = "proposal"
-        ref = feedback.find(settings.proposals_dir, where.name, key) if key else None
-        replayed = ref is not None
-        if replayed:
-            count = len(proposals.drawings(settings, where.name))
+        earlier = feedback.find(settings.proposals_dir, where.name, key) if key else None
+        replayed = earlier is not None
+        if earlier:
+            ref, count = earlier[0], len(proposals.drawings(settings, where.name))
         else:
             record = {"strokes": body.strokes, "predicted_label": body.predicted_label,
                       "model_version": body.model_version, "source": "webapp"}
