@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
+import json
+import urllib.request
 
 import pytest
 
 from doodle_lib import feedback, tracking
+from doodle_lib.drawing import strokes_to_bitmap
 from doodle_lib.settings import PROJECT_ROOT
 from tests.conftest import CATEGORIES, fixture_drawings
 from tests.webapp.serving import app_env, gunicorn_app, log_models, register
@@ -111,7 +115,7 @@ def test_on_a_small_phone_the_answer_controls_are_in_view(browser, webapp_url, v
     page.goto(webapp_url)
     draw_with_mouse(page, DRAWING[2])
     page.locator("#predictions li").nth(2).wait_for(timeout=10_000)
-    bottoms = page.evaluate("['right', 'wrong-label', 'wrong', 'message', 'canvas'].map("
+    bottoms = page.evaluate("['right', 'wrong-label', 'wrong', 'message', 'canvas', 'picture-button'].map("
                             "id => document.getElementById(id).getBoundingClientRect().bottom)")
     assert page.evaluate("window.scrollY") == 0 and max(bottoms) <= height, bottoms  # no scrolling to answer
     assert page.evaluate("document.documentElement.scrollWidth") <= width
@@ -203,6 +207,38 @@ def test_a_save_whose_answer_was_lost_is_stored_once_when_sent_again(browser, we
     page.click("#right")  # what a person does on "not saved: ... try again"
     record = saved_record(page, settings)  # one drawing on disk, the one the first click stored
     assert page.locator("#message").get_attribute("data-id") == f"{record['label']}/{record['id']}"
+    page.close()
+
+
+def test_a_picture_gets_guesses_and_nothing_to_save(browser, webapp_url, settings, versions, tmp_path):
+    """A doodle on paper, as a dark-on-light PNG of 280 px, replaces the drawing; the guesses are the API's."""
+    from PIL import Image
+
+    photo = Image.fromarray(255 - strokes_to_bitmap(DRAWING[2])).resize((280, 280), Image.BILINEAR)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    (tmp_path / "doodle.png").write_bytes(buffer.getvalue())
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    request = urllib.request.Request(f"{webapp_url}/api/predict", json.dumps({"image": image, "k": 3}).encode(),
+                                     {"Content-Type": "application/json"})
+    expected = [guess["label"] for guess in json.load(urllib.request.urlopen(request, timeout=10))["predictions"]]
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(webapp_url)
+    draw_with_mouse(page, DRAWING[2][:2])
+    page.wait_for_function(ENABLED, arg="right", timeout=10_000)
+    page.set_input_files("#picture", str(tmp_path / "doodle.png"))
+    page.locator("#message", has_text="about the picture").wait_for(timeout=10_000)
+    labels = page.locator("#predictions li").evaluate_all("items => items.map(item => item.dataset.label)")
+    assert labels == expected
+    assert page.locator("#right").is_disabled() and page.locator("#wrong").is_disabled()  # feedback needs strokes
+    ink = page.evaluate("() => { const c = document.getElementById('canvas');"
+                        " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0); }")
+    assert not ink  # the picture replaced the drawing
+    (tmp_path / "notes.png").write_text("not a picture")
+    page.set_input_files("#picture", str(tmp_path / "notes.png"))
+    page.locator("#message.error").wait_for(timeout=10_000)
+    assert page.locator("#message").inner_text().startswith("no prediction for the picture: ")
+    assert page.locator("#predictions li").count() == 0 and stored(settings) == []
     page.close()
 
 

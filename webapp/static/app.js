@@ -12,6 +12,8 @@ const wrongLabel = document.getElementById("wrong-label");
 const nameIt = document.getElementById("name-it"); // the "none of these" option; option 0 is "choose..."
 const newLabel = document.getElementById("new-label");
 const modelLine = document.getElementById("model");
+const picture = document.getElementById("picture");
+const MAX_PICTURE_BYTES = 10 * 1024 * 1024; // the server's limit (doodle_lib/upload.py)
 const DEBOUNCE_MS = 120; // ask once the pen pauses this long...
 const MAX_WAIT_MS = 300; // ...or this long after the first unanswered change: guesses follow a long stroke too
 const RETRY_MS = 3000; // asking again after the server did not answer
@@ -91,6 +93,47 @@ for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) {
 
 document.getElementById("undo").addEventListener("click", () => { strokes.pop(); changed(true); });
 document.getElementById("clear").addEventListener("click", () => { strokes = []; changed(true); });
+
+document.getElementById("picture-button").addEventListener("click", () => picture.click());
+picture.addEventListener("change", () => {
+  const [file] = picture.files;
+  picture.value = ""; // choosing the same file again is a change too
+  if (file) predictPicture(file);
+});
+
+async function predictPicture(file) {
+  // A picture (a doodle on paper, a screenshot) replaces the drawing. Its guesses show, but Right and Save stay off:
+  // feedback is stored as strokes, which a picture does not have.
+  strokes = [];
+  changed(true);
+  const mine = sequence;
+  let answer;
+  if (file.size > MAX_PICTURE_BYTES) {
+    answer = {error: `the picture is too large: ${(file.size / 2 ** 20).toFixed(1)} MB (at most 10 MB)`};
+  } else {
+    try {
+      const image = await new Promise((resolve, reject) => {
+        const reader = new FileReader();
+        reader.onload = () => resolve(reader.result);
+        reader.onerror = () => reject(reader.error);
+        reader.readAsDataURL(file);
+      });
+      const response = await fetch("/api/predict", {
+        method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({image, k: 3}),
+      });
+      answer = await response.json().catch(() => ({error: `the server answered ${response.status} ${response.statusText}`}));
+      if (!response.ok) answer = {error: answer.error || response.statusText};
+    } catch (error) {
+      answer = {error: error instanceof TypeError ? "can't reach the server" : `can't read the file (${error})`};
+    }
+  }
+  if (mine !== sequence) return; // drawn on since: the guesses are about the drawing now
+  if (answer.error) { say(`no prediction for the picture: ${answer.error}`, "error"); return; }
+  show(answer, mine);
+  last = null; // nothing to save: see above
+  updateButtons();
+  say("The guesses are about the picture. To teach the model, draw it here.", "");
+}
 
 function changed(removed = false) {
   // The answer shown is about the drawing as it was: nothing is saved with it, or with one still on its way.
