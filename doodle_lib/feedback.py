@@ -54,7 +54,7 @@ def check_folder_name(name: str) -> str:
 
 
 def new_id(key: str | None = None) -> str:
-    """A collision-free, time-sortable drawing id; a client's idempotency key fixes its last part (find())."""
+    """A time-sortable drawing id, unique: random, or fixed by a client's idempotency key (one save per key, find())."""
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{_key_digest(key) if key else uuid.uuid4().hex[:12]}"
 
 
@@ -78,12 +78,11 @@ def save(root: Path, category: str, bitmap: np.ndarray, record: dict, key: str |
     return ref
 
 
-def find(root: Path, category: str, key: str) -> tuple[DrawingRef, dict] | None:
-    """The drawing saved in `root` under `category` with this idempotency key, and its record, while it waits there."""
-    folder = root / check_folder_name(category)
-    for path in sorted(folder.glob(f"*-{_key_digest(key)}.json")) if folder.is_dir() else []:
+def find(root: Path, key: str) -> tuple[DrawingRef, dict] | None:
+    """The drawing saved in `root` with this idempotency key, and its record, while it waits there."""
+    for path in sorted(root.glob(f"*/*-{_key_digest(key)}.json")) if root.is_dir() else []:
         try:
-            return DrawingRef(category, path.stem), json.loads(path.read_text())
+            return DrawingRef(path.parent.name, path.stem), json.loads(path.read_text())
         except FileNotFoundError:  # moved on to training since the listing
             continue
     return None

@@ -13,7 +13,7 @@ from werkzeug.exceptions import BadRequest
 from doodle_lib import feedback
 from doodle_lib.drawing import MAX_POINTS, MAX_STROKES, DrawingError, strokes_to_bitmap
 from doodle_lib.upload import image_to_bitmap
-from webapp import metrics, offload
+from webapp import idempotency, metrics, offload
 from webapp.schemas import (
     ErrorResponse, FeedbackRequest, FeedbackResponse, ModelResponse, PredictRequest, PredictResponse, ProposalRequest,
     SaveHeaders,
@@ -24,7 +24,6 @@ ERRORS = {400: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse}
 URL_SAFE = str.maketrans("-_", "+/")
 # Every point has an x, a y and perhaps a time; the rest of a body (labels, names, a reason) is a few hundred values.
 MAX_BODY_VALUES = 3 * MAX_POINTS + 3 * MAX_STROKES + 10_000
-REPLAYED = {"Idempotent-Replayed": "true"}  # on the answer to a save sent again with the same Idempotency-Key
 DATA_URL = re.compile(r"^data:image/[a-z+.-]+(;[a-z0-9=.+-]+)*;base64,", re.IGNORECASE)
 
 
@@ -127,29 +126,34 @@ def predict(body: PredictRequest):
 @api.post("/feedback", responses={201: FeedbackResponse, **ERRORS})
 def post_feedback(body: FeedbackRequest, header: SaveHeaders):
     """Store a drawing with its correct label: confirmed when it matches the prediction, else a correction."""
-    known = holder().known_categories()
-    for field, value in (("label", body.label), ("predicted_label", body.predicted_label)):
-        if value is not None and value not in known:
-            lookalike = "" if value.isascii() else " (it holds characters outside ASCII)"
-            return error(400, f"unknown {field} {value[:40]!r}{lookalike}: expected one of {', '.join(known)}")
-    try:
-        bitmap = strokes_to_bitmap(body.strokes)
-        label = feedback.check_folder_name(body.label)
-    except ValueError as problem:  # DrawingError and FeedbackError
-        return error(400, str(problem))
-    ref, kind, replayed = save_feedback(body, label, bitmap, header.idempotency_key)
-    return {"id": ref.key, "kind": kind}, 201, REPLAYED if replayed else {}
+    key = header.idempotency_key
+    with idempotency.claimed(key):
+        try:
+            earlier = idempotency.earlier(body, key)
+        except idempotency.KeyReused as problem:
+            return error(422, str(problem))
+        if earlier:
+            ref, record, _ = earlier
+            return {"id": ref.key, "kind": record["kind"]}, 201, idempotency.REPLAYED
+        known = holder().known_categories()
+        for field, value in (("label", body.label), ("predicted_label", body.predicted_label)):
+            if value is not None and value not in known:
+                lookalike = "" if value.isascii() else " (it holds characters outside ASCII)"
+                return error(400, f"unknown {field} {value[:40]!r}{lookalike}: expected one of {', '.join(known)}")
+        try:
+            bitmap = strokes_to_bitmap(body.strokes)
+            label = feedback.check_folder_name(body.label)
+        except ValueError as problem:  # DrawingError and FeedbackError
+            return error(400, str(problem))
+        ref, kind = save_feedback(body, label, bitmap, key)
+    return {"id": ref.key, "kind": kind}, 201
 
 
 def save_feedback(
     body: FeedbackRequest | ProposalRequest, label: str, bitmap: np.ndarray, key: str | None, **extra
-) -> tuple[feedback.DrawingRef, str, bool]:
-    """Store a drawing as feedback for the known category `label` and count it; returns its ref, its kind and
-    whether it was stored before under the same idempotency key (then nothing is written or counted again)."""
-    root = current_app.config["SETTINGS"].feedback_dir
-    if key and (earlier := feedback.find(root, label, key)):
-        ref, record = earlier
-        return ref, record["kind"], True
+) -> tuple[feedback.DrawingRef, str]:
+    """Store a drawing as feedback for the known category `label` and count it; returns its ref and kind. With an
+    idempotency key (held by idempotency.claimed), the record keeps what a retry must match."""
     if body.predicted_label is None:
         kind = "unprompted"
     else:
@@ -161,13 +165,14 @@ def save_feedback(
         "kind": kind,
         "source": "webapp",
         **extra,
+        **({"request_digest": idempotency.digest(body)} if key else {}),
     }
-    ref = feedback.save(root, label, bitmap, record, key)
+    ref = feedback.save(current_app.config["SETTINGS"].feedback_dir, label, bitmap, record, key)
     # Versions become label values only when this worker served them: clients cannot grow the series.
     version = body.model_version if body.model_version in holder().versions_seen else "other"
     version = "none" if body.model_version is None else version
     metrics.observe_feedback(version, body.predicted_label or "none", label, kind)
-    return ref, kind, False
+    return ref, kind
 
 
 @api.get("/model", responses={200: ModelResponse})

@@ -8,8 +8,9 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from doodle_lib import feedback, proposals
 from doodle_lib.drawing import strokes_to_bitmap
-from webapp import metrics
-from webapp.api import ERRORS, REPLAYED, error, holder, require_json_object, save_feedback
+from doodle_lib.settings import Settings
+from webapp import idempotency, metrics
+from webapp.api import ERRORS, error, holder, require_json_object, save_feedback
 from webapp.schemas import ProposalRequest, ProposalResponse, ProposalsResponse, SaveHeaders
 
 api = APIBlueprint("proposals", __name__, url_prefix="/api", abp_tags=[Tag(name="proposals")])
@@ -20,33 +21,44 @@ api.before_request(require_json_object)
 def post_proposal(body: ProposalRequest, header: SaveHeaders):
     """Store a drawing none of the categories fits: as a proposal for the typed name, or as feedback if it is known."""
     settings = current_app.config["SETTINGS"]
-    known = holder().known_categories()
-    if body.predicted_label is not None and body.predicted_label not in known:
-        return error(400, f"unknown predicted_label {body.predicted_label[:40]!r}: expected one of {', '.join(known)}")
-    try:
-        bitmap = strokes_to_bitmap(body.strokes)
-        where = proposals.target(settings, body.name, known)
-    except ValueError as problem:  # DrawingError and ProposalError
-        metrics.observe_proposal("refused")
-        return error(400, str(problem))
     key = header.idempotency_key
-    if where.known:
-        ref, kind, replayed = save_feedback(body, where.name, bitmap, key, proposed_as=body.name)
-        count = sum(r.category == where.name for r in feedback.complete(settings.feedback_dir))
-    else:
-        kind = "proposal"
-        earlier = feedback.find(settings.proposals_dir, where.name, key) if key else None
-        replayed = earlier is not None
+    with idempotency.claimed(key):
+        try:
+            earlier = idempotency.earlier(body, key)
+        except idempotency.KeyReused as problem:
+            return error(422, str(problem))
         if earlier:
-            ref, count = earlier[0], len(proposals.drawings(settings, where.name))
+            ref, record, is_feedback = earlier
+            answer = {"id": ref.key, "name": ref.category, "known": is_feedback, "kind": record["kind"],
+                      "count": stored_under(settings, ref.category, is_feedback)}
+            return answer, 201, idempotency.REPLAYED
+        known = holder().known_categories()
+        if body.predicted_label is not None and body.predicted_label not in known:
+            return error(400, f"unknown predicted_label {body.predicted_label[:40]!r}: expected one of {', '.join(known)}")
+        try:
+            bitmap = strokes_to_bitmap(body.strokes)
+            where = proposals.target(settings, body.name, known)
+        except ValueError as problem:  # DrawingError and ProposalError
+            metrics.observe_proposal("refused")
+            return error(400, str(problem))
+        if where.known:
+            ref, kind = save_feedback(body, where.name, bitmap, key, proposed_as=body.name)
+            count = stored_under(settings, where.name, True)
         else:
             record = {"strokes": body.strokes, "predicted_label": body.predicted_label,
-                      "model_version": body.model_version, "source": "webapp"}
+                      "model_version": body.model_version, "source": "webapp",
+                      **({"request_digest": idempotency.digest(body)} if key else {})}
             ref, count = proposals.save(settings, where.name, body.name, bitmap, record, key)
-    if not replayed:
-        metrics.observe_proposal("known" if where.known else "proposal")
-    answer = {"id": ref.key, "name": where.name, "known": where.known, "kind": kind, "count": count}
-    return answer, 201, REPLAYED if replayed else {}
+            kind = "proposal"
+    metrics.observe_proposal("known" if where.known else "proposal")
+    return {"id": ref.key, "name": where.name, "known": where.known, "kind": kind, "count": count}, 201
+
+
+def stored_under(settings: Settings, name: str, known: bool) -> int:
+    """Drawings stored under a name: waiting feedback for a known category, or a proposal's drawings."""
+    if known:
+        return sum(r.category == name for r in feedback.complete(settings.feedback_dir))
+    return len(proposals.drawings(settings, name))
 
 
 @api.get("/proposals", responses={200: ProposalsResponse})

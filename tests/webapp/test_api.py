@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -184,10 +185,33 @@ def test_a_save_sent_again_with_its_idempotency_key_is_stored_once(client, setti
                             headers={"Idempotency-Key": "p" * 20}) for _ in "12"]
     assert [(p.status_code, p.json["count"]) for p in proposed] == [(201, 1), (201, 1)]
     assert proposed[0].json["id"] == proposed[1].json["id"] == f"dog/{proposed[0].json['id'].split('/')[1]}"
+    known = [client.post("/api/proposals", json={"strokes": strokes, "name": "Eye"},
+                         headers={"Idempotency-Key": "q" * 20}) for _ in "12"]
+    assert known[0].json == known[1].json and known[0].json["known"] and known[0].json["id"].startswith("eye/")
+    # The key of a save, reused for another one (another drawing, label or endpoint), stores nothing.
+    for path, other in (("/api/feedback", {**body, "strokes": DRAWINGS[2][2]}), ("/api/feedback", {**body, "label": "eye"}),
+                        ("/api/proposals", {"strokes": strokes, "name": "dog"})):
+        refused = client.post(path, json=other, headers={"Idempotency-Key": "k" * 20})
+        assert refused.status_code == 422 and "came before with another drawing" in refused.json["error"]
     for bad in ("../../etc/passwd", "short", "x" * 65, "k k k k k k"):
         refused = client.post("/api/feedback", json=body, headers={"Idempotency-Key": bad})
         assert refused.status_code == 422 and "Idempotency-Key" in refused.json["error"], (bad, refused.json)
-    assert len(feedback.complete(settings.feedback_dir)) == 2 and len(feedback.complete(settings.proposals_dir)) == 1
+    assert len(feedback.complete(settings.feedback_dir)) == 3 and len(feedback.complete(settings.proposals_dir)) == 1
+
+
+def test_copies_of_a_keyed_save_arriving_together_store_one_drawing(app, settings):
+    _, _, strokes = DRAWINGS[4]
+
+    def post(_):
+        with app.test_client() as client:  # a client per thread
+            return client.post("/api/feedback", json={"strokes": strokes, "label": "fish"},
+                               headers={"Idempotency-Key": "together-1234"})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    assert {a.status_code for a in answers} == {201} and len({a.json["id"] for a in answers}) == 1
+    assert sum("Idempotent-Replayed" in a.headers for a in answers) == 7
+    assert len(feedback.complete(settings.feedback_dir)) == 1
 
 
 def test_metrics_export_a_served_versions_series_before_its_first_answer(client, versions):
