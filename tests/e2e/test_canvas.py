@@ -226,20 +226,23 @@ def test_a_picture_gets_guesses_and_nothing_to_save(browser, webapp_url, setting
     page.goto(webapp_url)
     draw_with_mouse(page, DRAWING[2][:2])
     page.wait_for_function(ENABLED, arg="right", timeout=10_000)
-    page.set_input_files("#picture", str(tmp_path / "doodle.png"))
-    page.locator("#message", has_text="about the picture").wait_for(timeout=10_000)
-    labels = page.locator("#predictions li").evaluate_all("items => items.map(item => item.dataset.label)")
-    assert labels == expected
-    assert page.locator("#right").is_disabled() and page.locator("#wrong").is_disabled()  # feedback needs strokes
-    ink = page.evaluate("() => { const c = document.getElementById('canvas');"
-                        " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0); }")
-    assert not ink  # the picture replaced the drawing
     (tmp_path / "notes.png").write_text("not a picture")
     page.set_input_files("#picture", str(tmp_path / "notes.png"))
     page.locator("#message.error").wait_for(timeout=10_000)
     assert page.locator("#message").inner_text().startswith("no prediction for the picture: ")
-    assert page.locator("#predictions li").count() == 0 and stored(settings) == []
+    assert has_ink(page) and page.locator("#right").is_enabled()  # a refused picture leaves the drawing as it was
+    page.set_input_files("#picture", str(tmp_path / "doodle.png"))
+    page.locator("#message", has_text="The guesses are about the picture").wait_for(timeout=10_000)
+    labels = page.locator("#predictions li").evaluate_all("items => items.map(item => item.dataset.label)")
+    assert labels == expected
+    assert page.locator("#right").is_disabled() and page.locator("#wrong").is_disabled()  # feedback needs strokes
+    assert not has_ink(page) and stored(settings) == []  # the picture replaced the drawing
     page.close()
+
+
+def has_ink(page) -> bool:
+    return page.evaluate("() => { const c = document.getElementById('canvas');"
+                         " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0); }")
 
 
 def test_a_second_finger_does_not_draw(browser, webapp_url, settings, versions):
@@ -538,6 +541,16 @@ def test_an_open_page_follows_the_served_model(browser, settings, logged_models,
         page.wait_for_function(VERSION_SHOWN, arg=grown_version, timeout=15_000)
         assert labels_offered(page) == [*CATEGORIES, "dog"]
         assert page.locator("#wrong-label").input_value() == "cat"  # the choice made before the swap stands
+        page.select_option("#wrong-label", "dog")
+        tracking.set_production(settings, first)  # back: "dog" is gone, and so is the choice of it
+        page.wait_for_function(VERSION_SHOWN, arg=first, timeout=15_000)
+        assert labels_offered(page) == list(CATEGORIES)
+        assert page.locator("#wrong-label").evaluate("s => s.selectedIndex") == 0
+        page.select_option("#wrong-label", label="none of these: name it")
+        tracking.set_production(settings, grown_version)  # naming a new one goes on across a swap
+        page.wait_for_function(VERSION_SHOWN, arg=grown_version, timeout=15_000)
+        assert page.locator("#wrong-label option:checked").inner_text() == "none of these: name it"
+        assert page.locator("#new-label").is_visible()
         page.close()
 
 

@@ -28,6 +28,7 @@ let sequence = 0; // counts changes to the strokes
 let epoch = 0; // counts changes that take ink away (undo, clear, a save): answers from before one are dropped
 let shown = 0; // the change the guesses on the page are about: older answers are dropped
 let saving = false;
+let modelAsked = 0; // counts the questions to /api/model
 let unanswered = null; // {sent, key}: the save whose answer never came; sending the same again reuses its key
 const start = performance.now();
 
@@ -102,15 +103,14 @@ picture.addEventListener("change", () => {
 });
 
 async function predictPicture(file) {
-  // A picture (a doodle on paper, a screenshot) replaces the drawing. Its guesses show, but Right and Save stay off:
-  // feedback is stored as strokes, which a picture does not have.
-  strokes = [];
-  changed(true);
+  // A picture (a doodle on paper, a screenshot) replaces the drawing once its guesses arrive. They show, but Right
+  // and Save stay off: feedback is stored as strokes, which a picture does not have.
   const mine = sequence;
   let answer;
   if (file.size > MAX_PICTURE_BYTES) {
     answer = {error: `the picture is too large: ${(file.size / 2 ** 20).toFixed(1)} MB (at most 10 MB)`};
   } else {
+    say("asking about the picture…", "");
     try {
       const image = await new Promise((resolve, reject) => {
         const reader = new FileReader();
@@ -127,9 +127,11 @@ async function predictPicture(file) {
       answer = {error: error instanceof TypeError ? "can't reach the server" : `can't read the file (${error})`};
     }
   }
-  if (mine !== sequence) return; // drawn on since: the guesses are about the drawing now
+  if (mine !== sequence) { say("the picture's guesses were dropped: the drawing changed meanwhile", ""); return; }
   if (answer.error) { say(`no prediction for the picture: ${answer.error}`, "error"); return; }
-  show(answer, mine);
+  strokes = [];
+  changed(true);
+  show(answer);
   last = null; // nothing to save: see above
   updateButtons();
   say("The guesses are about the picture. To teach the model, draw it here.", "");
@@ -233,9 +235,10 @@ async function save(path, body, thanks) {
     response = await fetch(path, {
       method: "POST", headers: {"Content-Type": "application/json", "Idempotency-Key": key}, body: text,
     });
-    unanswered = null;
     // A proxy in front may answer an error with an HTML page: say its status then.
-    answer = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
+    answer = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`, page: true}));
+    // After a 5xx or a proxy's page the drawing may still have been stored: the same save again keeps its key.
+    unanswered = response.status >= 500 || answer.page ? {sent: path + text, key} : null;
   } catch (error) {
     unanswered = {sent: path + text, key};
     say("not saved: can't reach the server. Your drawing is kept; try again.", "error");
@@ -290,9 +293,12 @@ async function loadProposals() {
 
 async function refreshModel() {
   // Optional like the suggestions: a server that does not answer leaves the header as it was (predictions say why).
+  // Answers can overtake each other: only the newest question's is shown.
+  const asked = ++modelAsked;
   try {
     const response = await fetch("/api/model");
-    if (response.ok) showModel(await response.json());
+    const info = response.ok ? await response.json() : null;
+    if (info && asked === modelAsked) showModel(info);
   } catch (error) {
     // the next check asks again
   }
@@ -302,20 +308,28 @@ function showModel(info) {
   // The header as the server renders it (templates/index.html), and the labels a correction can name: a page left
   // open learns of a swap, a registry outage, the first model and a new category without a reload.
   const strong = (id, text) => Object.assign(document.createElement("strong"), {id, textContent: text});
-  if (info.version) {
+  const state = `${info.version || ""}|${info.reason || ""}`;
+  if (state === modelLine.dataset.state) {
+    // unchanged: left alone, so a screen reader does not hear it again (the line is a live region)
+  } else if (info.version) {
     modelLine.replaceChildren("Model version ", strong("model-version", info.version), info.reason ? ` (${info.reason})` : "");
   } else {
     const reason = info.reason[0].toUpperCase() + info.reason.slice(1);
     modelLine.replaceChildren(strong("no-model", `${reason}.`), " Predictions are off; you can still label drawings.");
   }
+  modelLine.dataset.state = state;
   modelLine.dataset.version = info.version || "";
+  modelLine.title = info.reason || ""; // in full where a small screen cuts the line short
   const options = [...wrongLabel.options].slice(1, -1); // between "choose..." and "none of these"
   if (options.map((option) => option.value).join("\n") === info.categories.join("\n")) return;
+  const naming = wrongLabel.selectedOptions[0] === nameIt;
   const chosen = wrongLabel.value;
-  options.forEach((option) => option.remove());
+  options.forEach((option) => option.remove()); // removing the chosen one selects another: put the choice back
   nameIt.before(...info.categories.map((name) => new Option(name, name)));
-  if (info.categories.includes(chosen)) wrongLabel.value = chosen;
-  else if (wrongLabel.selectedOptions[0] !== nameIt) wrongLabel.selectedIndex = 0; // its category is gone
+  if (naming) nameIt.selected = true;
+  else if (info.categories.includes(chosen)) wrongLabel.value = chosen;
+  else wrongLabel.selectedIndex = 0; // its category is gone
+  newLabel.hidden = wrongLabel.selectedOptions[0] !== nameIt;
   updateButtons();
 }
 
