@@ -128,13 +128,8 @@ def post_feedback(body: FeedbackRequest, header: SaveHeaders):
     """Store a drawing with its correct label: confirmed when it matches the prediction, else a correction."""
     key = header.idempotency_key
     with idempotency.claimed(key):
-        try:
-            earlier = idempotency.earlier(body, key)
-        except idempotency.KeyReused as problem:
-            return error(422, str(problem))
-        if earlier:
-            ref, record, _ = earlier
-            return {"id": ref.key, "kind": record["kind"]}, 201, idempotency.REPLAYED
+        if replayed := idempotency.replay(body, key, lambda ref, record, _: {"id": ref.key, "kind": record["kind"]}):
+            return replayed
         known = holder().known_categories()
         for field, value in (("label", body.label), ("predicted_label", body.predicted_label)):
             if value is not None and value not in known:

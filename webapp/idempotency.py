@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from flask import current_app
@@ -12,10 +12,6 @@ from doodle_lib import atomic, feedback
 
 LOCK_FILE = ".idempotency.lock"  # in the data folder
 REPLAYED = {"Idempotent-Replayed": "true"}  # on the answer to a save sent again
-
-
-class KeyReused(Exception):
-    """A key sent before with another body."""
 
 
 def digest(body: BaseModel) -> str:
@@ -35,9 +31,10 @@ def claimed(key: str | None) -> Iterator[None]:
         yield
 
 
-def earlier(body: BaseModel, key: str | None) -> tuple[feedback.DrawingRef, dict, bool] | None:
-    """The drawing an earlier request with this key stored, its record, and whether it is feedback (or a proposed
-    category's), while it waits for training; KeyReused when that request's body was another."""
+def replay(body: BaseModel, key: str | None, answer: Callable[[feedback.DrawingRef, dict, bool], dict]) -> tuple | None:
+    """The response to a save sent again while its drawing waits for training: the first answer, built by `answer`
+    from the stored drawing, its record and whether it is feedback (or a proposed category's); a 422 for a key that
+    came with another body; None for a new save."""
     if key is None:
         return None
     settings = current_app.config["SETTINGS"]
@@ -45,8 +42,9 @@ def earlier(body: BaseModel, key: str | None) -> tuple[feedback.DrawingRef, dict
         found = feedback.find(root, key)
         if found is None:
             continue
-        if found[1].get("request_digest") != digest(body):
-            raise KeyReused("this Idempotency-Key came before with another drawing or label: send a new key for a "
-                            "new save")
-        return (*found, is_feedback)
+        ref, record = found
+        if record.get("request_digest") != digest(body):
+            return {"error": "this Idempotency-Key came before with another drawing or label: send a new key for a "
+                             "new save"}, 422
+        return answer(ref, record, is_feedback), 201, REPLAYED
     return None

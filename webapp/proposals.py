@@ -23,15 +23,8 @@ def post_proposal(body: ProposalRequest, header: SaveHeaders):
     settings = current_app.config["SETTINGS"]
     key = header.idempotency_key
     with idempotency.claimed(key):
-        try:
-            earlier = idempotency.earlier(body, key)
-        except idempotency.KeyReused as problem:
-            return error(422, str(problem))
-        if earlier:
-            ref, record, is_feedback = earlier
-            answer = {"id": ref.key, "name": ref.category, "known": is_feedback, "kind": record["kind"],
-                      "count": stored_under(settings, ref.category, is_feedback)}
-            return answer, 201, idempotency.REPLAYED
+        if replayed := idempotency.replay(body, key, first_answer):
+            return replayed
         known = holder().known_categories()
         if body.predicted_label is not None and body.predicted_label not in known:
             return error(400, f"unknown predicted_label {body.predicted_label[:40]!r}: expected one of {', '.join(known)}")
@@ -52,6 +45,12 @@ def post_proposal(body: ProposalRequest, header: SaveHeaders):
             kind = "proposal"
     metrics.observe_proposal("known" if where.known else "proposal")
     return {"id": ref.key, "name": where.name, "known": where.known, "kind": kind, "count": count}, 201
+
+
+def first_answer(ref: feedback.DrawingRef, record: dict, known: bool) -> dict:
+    """The answer to a proposal sent again (idempotency.replay), its count as of now."""
+    count = stored_under(current_app.config["SETTINGS"], ref.category, known)
+    return {"id": ref.key, "name": ref.category, "known": known, "kind": record["kind"], "count": count}
 
 
 def stored_under(settings: Settings, name: str, known: bool) -> int:
