@@ -220,8 +220,8 @@ def evaluate(model: DoodleCNN, split: Split, batch_size: int = 1024) -> Evaluati
     model.eval()
     categories = model.categories
     labels = torch.from_numpy(encode(split.y, categories))
-    x = torch.from_numpy(split.x)
-    logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    # torch.tensor copies each batch: split.x may be a read-only view (a loaded dataset), which from_numpy warns about.
+    logits = torch.cat([model(torch.tensor(split.x[i : i + batch_size])) for i in range(0, len(split.x), batch_size)])
     predicted = logits.argmax(1)
     confusion = torch.zeros(len(categories), len(categories), dtype=torch.int64)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
