@@ -7,7 +7,7 @@ import torch
 
 from doodle_lib.baseline import load_train_config
 from doodle_lib.dataset import Split
-from doodle_lib.model import checkpoint_bytes, load_checkpoint, predict_proba
+from doodle_lib.model import DoodleCNN, checkpoint_bytes, load_checkpoint, predict_proba
 from doodle_lib.settings import PROJECT_ROOT
 from doodle_lib.training import TrainConfig, evaluate, fine_tune, shift_batch, train
 
@@ -121,3 +121,15 @@ def test_a_params_file_may_be_empty_or_leave_out_the_section(tmp_path):
         params.write_text(text)
         assert load_train_config(params, epochs=2) == TrainConfig(epochs=2)
     assert load_train_config(PROJECT_ROOT / "params.yaml").learning_rate == 0.002
+
+
+def test_evaluate_takes_a_read_only_dataset_without_a_warning():
+    """A loaded dataset can be a read-only view; torch warns about wrapping one (it then shows in every task log)."""
+    import warnings
+
+    x = np.zeros((10, 28, 28), np.uint8)
+    x.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = evaluate(DoodleCNN(["a", "b"]), Split(x, np.array(["a"] * 10)))
+    assert sum(map(sum, result.confusion)) == 10
