@@ -123,6 +123,27 @@ def test_on_a_small_phone_the_answer_controls_are_in_view(browser, webapp_url, v
     page.close()
 
 
+def test_on_a_small_phone_a_long_reason_keeps_the_header_on_one_line(browser, settings, tmp_path):
+    """With the registry out of reach the header says why, and the reason holds its error: cut short, not wrapped."""
+    from tests.services import free_port
+
+    settings.tracking_uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with gunicorn_app(app_env(settings, poll_seconds=1), tmp_path) as url:
+        page = browser.new_page(viewport={"width": 375, "height": 667})
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model').title.includes('does not answer (') "
+                               "&& !document.getElementById('model').title.includes('(starting)')", timeout=30_000)
+        line = page.locator("#model")
+        assert line.evaluate("p => p.scrollWidth > p.clientWidth")  # longer than the screen...
+        assert line.bounding_box()["height"] < 2 * float(line.evaluate("p => parseFloat(getComputedStyle(p).lineHeight)"))
+        draw_with_mouse(page, DRAWING[2])
+        page.locator("#message.error").wait_for(timeout=10_000)  # no prediction without a model, said plainly
+        bottoms = page.evaluate("['wrong-label', 'wrong', 'message'].map("
+                                "id => document.getElementById(id).getBoundingClientRect().bottom)")
+        assert max(bottoms) <= 667, bottoms  # ...and the correction stays in view
+        page.close()
+
+
 def test_none_of_these_proposes_a_typed_category(browser, webapp_url, settings, versions):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(webapp_url)

@@ -333,7 +333,7 @@ function showModel(info) {
   updateButtons();
 }
 
-function say(text, kind) { message.textContent = text; message.className = kind; }
+function say(text, kind) { message.textContent = text; message.title = text; message.className = kind; }
 
 function saveChoice() {
   if (wrongButton.disabled) return;
