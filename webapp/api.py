@@ -160,7 +160,7 @@ def save_feedback(
         "kind": kind,
         "source": "webapp",
         **extra,
-        **({"request_digest": idempotency.digest(body)} if key else {}),
+        **idempotency.record_fields(body, key),
     }
     ref = feedback.save(current_app.config["SETTINGS"].feedback_dir, label, bitmap, record, key)
     # Versions become label values only when this worker served them: clients cannot grow the series.

@@ -19,6 +19,11 @@ def digest(body: BaseModel) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
+def record_fields(body: BaseModel, key: str | None) -> dict:
+    """The fields a keyed save adds to its drawing's record, for replay() to tell a retry from another save."""
+    return {"request_digest": digest(body)} if key else {}
+
+
 @contextmanager
 def claimed(key: str | None) -> Iterator[None]:
     """Hold the lock of keyed saves while one looks for its earlier self and stores, so that two copies of a request

@@ -36,13 +36,13 @@ def post_proposal(body: ProposalRequest, header: SaveHeaders):
             return error(400, str(problem))
         if where.known:
             ref, kind = save_feedback(body, where.name, bitmap, key, proposed_as=body.name)
-            count = stored_under(settings, where.name, True)
         else:
             record = {"strokes": body.strokes, "predicted_label": body.predicted_label,
-                      "model_version": body.model_version, "source": "webapp",
-                      **({"request_digest": idempotency.digest(body)} if key else {})}
+                      "model_version": body.model_version, "source": "webapp", **idempotency.record_fields(body, key)}
             ref, count = proposals.save(settings, where.name, body.name, bitmap, record, key)
             kind = "proposal"
+    if where.known:  # counted after the lock, which a keyed save holds only to look for its earlier self and store
+        count = stored_under(settings, where.name, True)
     metrics.observe_proposal("known" if where.known else "proposal")
     return {"id": ref.key, "name": where.name, "known": where.known, "kind": kind, "count": count}, 201
 
