@@ -1,7 +1,7 @@
 """The feedback folder: one PNG and one JSON per drawing under <root>/<category>/, the JSON written last."""
 from __future__ import annotations
 
-import hashlib
+import glob
 import io
 import json
 import os
@@ -53,21 +53,16 @@ def check_folder_name(name: str) -> str:
     return name
 
 
-def new_id(key: str | None = None) -> str:
-    """A time-sortable drawing id, unique: random, or fixed by a client's idempotency key (one save per key, find())."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{_key_digest(key) if key else uuid.uuid4().hex[:12]}"
+def new_id() -> str:
+    """A time-sortable, unique drawing id."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
 
 
-def _key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def save(root: Path, category: str, bitmap: np.ndarray, record: dict, key: str | None = None) -> DrawingRef:
-    """Store a drawing atomically: the PNG first, then its JSON, so a JSON always has its PNG. With the client's
-    idempotency key, find() finds it again while it waits in `root`."""
+def save(root: Path, category: str, bitmap: np.ndarray, record: dict) -> DrawingRef:
+    """Store a drawing atomically: the PNG first, then its JSON, so a JSON always has its PNG."""
     from PIL import Image
 
-    ref = DrawingRef(check_folder_name(category), new_id(key))
+    ref = DrawingRef(check_folder_name(category), new_id())
     folder = root / ref.category
     png = io.BytesIO()
     Image.fromarray(np.asarray(bitmap, dtype=np.uint8)).save(png, format="PNG")
@@ -78,23 +73,14 @@ def save(root: Path, category: str, bitmap: np.ndarray, record: dict, key: str |
     return ref
 
 
-def find(root: Path, key: str) -> tuple[DrawingRef, dict] | None:
-    """The drawing saved in `root` with this idempotency key, and its record, while it waits there."""
-    for path in sorted(root.glob(f"*/*-{_key_digest(key)}.json")) if root.is_dir() else []:
-        try:
-            return DrawingRef(path.parent.name, path.stem), json.loads(path.read_text())
-        except FileNotFoundError:  # moved on to training since the listing
-            continue
-    return None
-
-
-def complete(root: Path) -> list[DrawingRef]:
-    """Every drawing whose JSON (written last) is in place, oldest first; temporary files never count."""
+def complete(root: Path, category: str | None = None) -> list[DrawingRef]:
+    """Every drawing whose JSON (written last) is in place (of one category, or all), oldest first; temporary files
+    never count."""
     if not root.is_dir():
         return []
     refs = [
         DrawingRef(path.parent.name, path.stem)
-        for path in root.glob("*/*.json")
+        for path in root.glob(f"{glob.escape(check_folder_name(category)) if category else '*'}/*.json")
         if not path.name.startswith(".") and path.with_suffix(".png").is_file()
     ]
     return sorted(refs, key=lambda ref: (ref.id, ref.category))

@@ -124,22 +124,21 @@ def names(settings: Settings) -> list[str]:
 
 
 def save(
-    settings: Settings, name: str, typed: str, bitmap: np.ndarray, record: dict, key: str | None = None
+    settings: Settings, name: str, typed: str, bitmap: np.ndarray, record: dict
 ) -> tuple[feedback.DrawingRef, int]:
-    """Store a drawing under proposal `name` (from `target`), creating the proposal; returns its ref and count.
-    `key`: the client's idempotency key (feedback.find)."""
+    """Store a drawing under proposal `name` (from `target`), creating the proposal; returns its ref and count."""
     if normalise(name) != name:  # only normalised names ever become folders
         raise ProposalError(f"not a normalised category name: {name!r}")
     if not (settings.proposals_dir / name / STATE_FILE).exists():
         write_state(settings, name, {"display_name": display(typed), "status": "pending", "created_at": now()})
     record = {**record, "kind": "proposal", "proposed_as": typed}
-    ref = feedback.save(settings.proposals_dir, name, bitmap, record, key)
+    ref = feedback.save(settings.proposals_dir, name, bitmap, record)
     return ref, len(drawings(settings, name))
 
 
 def drawings(settings: Settings, name: str) -> list[feedback.DrawingRef]:
     """The complete drawings of a proposal, oldest first; read one with feedback.read(settings.proposals_dir, ref)."""
-    return [ref for ref in feedback.complete(settings.proposals_dir) if ref.category == name]
+    return feedback.complete(settings.proposals_dir, name)
 
 
 def list_all(settings: Settings) -> list[Proposal]:

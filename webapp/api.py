@@ -126,29 +126,29 @@ def predict(body: PredictRequest):
 @api.post("/feedback", responses={201: FeedbackResponse, **ERRORS})
 def post_feedback(body: FeedbackRequest, header: SaveHeaders):
     """Store a drawing with its correct label: confirmed when it matches the prediction, else a correction."""
-    key = header.idempotency_key
-    with idempotency.claimed(key):
-        if replayed := idempotency.replay(body, key, lambda ref, record, _: {"id": ref.key, "kind": record["kind"]}):
-            return replayed
-        known = holder().known_categories()
-        for field, value in (("label", body.label), ("predicted_label", body.predicted_label)):
-            if value is not None and value not in known:
-                lookalike = "" if value.isascii() else " (it holds characters outside ASCII)"
-                return error(400, f"unknown {field} {value[:40]!r}{lookalike}: expected one of {', '.join(known)}")
-        try:
-            bitmap = strokes_to_bitmap(body.strokes)
-            label = feedback.check_folder_name(body.label)
-        except ValueError as problem:  # DrawingError and FeedbackError
-            return error(400, str(problem))
-        ref, kind = save_feedback(body, label, bitmap, key)
+    return idempotency.once(header.idempotency_key, body, lambda: store_feedback(body))
+
+
+def store_feedback(body: FeedbackRequest):
+    """post_feedback's work, once per idempotency key."""
+    known = holder().known_categories()
+    for field, value in (("label", body.label), ("predicted_label", body.predicted_label)):
+        if value is not None and value not in known:
+            lookalike = "" if value.isascii() else " (it holds characters outside ASCII)"
+            return error(400, f"unknown {field} {value[:40]!r}{lookalike}: expected one of {', '.join(known)}")
+    try:
+        bitmap = strokes_to_bitmap(body.strokes)
+        label = feedback.check_folder_name(body.label)
+    except ValueError as problem:  # DrawingError and FeedbackError
+        return error(400, str(problem))
+    ref, kind = save_feedback(body, label, bitmap)
     return {"id": ref.key, "kind": kind}, 201
 
 
 def save_feedback(
-    body: FeedbackRequest | ProposalRequest, label: str, bitmap: np.ndarray, key: str | None, **extra
+    body: FeedbackRequest | ProposalRequest, label: str, bitmap: np.ndarray, **extra
 ) -> tuple[feedback.DrawingRef, str]:
-    """Store a drawing as feedback for the known category `label` and count it; returns its ref and kind. With an
-    idempotency key (held by idempotency.claimed), the record keeps what a retry must match."""
+    """Store a drawing as feedback for the known category `label` and count it; returns its ref and kind."""
     if body.predicted_label is None:
         kind = "unprompted"
     else:
@@ -160,9 +160,8 @@ def save_feedback(
         "kind": kind,
         "source": "webapp",
         **extra,
-        **idempotency.record_fields(body, key),
     }
-    ref = feedback.save(current_app.config["SETTINGS"].feedback_dir, label, bitmap, record, key)
+    ref = feedback.save(current_app.config["SETTINGS"].feedback_dir, label, bitmap, record)
     # Versions become label values only when this worker served them: clients cannot grow the series.
     version = body.model_version if body.model_version in holder().versions_seen else "other"
     version = "none" if body.model_version is None else version

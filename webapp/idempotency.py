@@ -2,54 +2,77 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from flask import current_app
 from pydantic import BaseModel
 
-from doodle_lib import atomic, feedback
+from doodle_lib import atomic
 
-LOCK_FILE = ".idempotency.lock"  # in the data folder
+FOLDER = "idempotency"  # in the web app's shared state folder: one answer a key, and the lock
+LOCK_FILE = ".lock"
+KEEP_SECONDS = 24 * 3600  # as long as a key's answer is kept: a client retries within seconds or minutes
+PRUNE_EVERY_SECONDS = 3600
 REPLAYED = {"Idempotent-Replayed": "true"}  # on the answer to a save sent again
+_last_prune = 0.0  # per process
+
+
+def once(key: str | None, body: BaseModel, save: Callable[[], tuple]) -> tuple:
+    """The answer of `save()` (a response tuple), which runs once per key: a save sent again with the key gets the
+    first 201 answer as it was, wherever its drawing has gone since (training takes drawings away); the key with
+    another body is a 422. Refusals are not kept: sent again, the body is judged again. Without a key, `save()`."""
+    if key is None:
+        return save()
+    # Copies of a request arriving together on two workers: one stores, the others wait and replay its answer.
+    # (The wait blocks a gevent worker, for one save's few ms at most.)
+    with atomic.exclusive(folder() / LOCK_FILE):
+        path = folder() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"  # never the client's text as a name
+        kept = _read(path)
+        if kept is not None:
+            if kept["request_digest"] != digest(body):
+                return {"error": "this Idempotency-Key came before with another drawing or label: send a new key "
+                                 "for a new save"}, 422
+            return kept["answer"], kept["status"], REPLAYED
+        answer = save()
+        if answer[1] == 201:
+            # After the drawing is stored: a crash in between makes a retry store it again, never lose it.
+            kept = {"request_digest": digest(body), "answer": answer[0], "status": 201}
+            atomic.write_bytes(path, json.dumps(kept).encode())
+            _prune()
+        return answer
+
+
+def folder() -> Path:
+    return current_app.config["SETTINGS"].webapp_state_dir / FOLDER
 
 
 def digest(body: BaseModel) -> str:
-    """What a stored record keeps of the request that stored it: a retry has the same, another save does not."""
+    """What a kept answer remembers of its request: a retry has the same, another save does not."""
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
-def record_fields(body: BaseModel, key: str | None) -> dict:
-    """The fields a keyed save adds to its drawing's record, for replay() to tell a retry from another save."""
-    return {"request_digest": digest(body)} if key else {}
-
-
-@contextmanager
-def claimed(key: str | None) -> Iterator[None]:
-    """Hold the lock of keyed saves while one looks for its earlier self and stores, so that two copies of a request
-    arriving together on two workers store one drawing. (The wait blocks a gevent worker, for one save's few ms at
-    most.) A save without a key never waits."""
-    if key is None:
-        yield
-        return
-    with atomic.exclusive(current_app.config["SETTINGS"].data_dir / LOCK_FILE):
-        yield
-
-
-def replay(body: BaseModel, key: str | None, answer: Callable[[feedback.DrawingRef, dict, bool], dict]) -> tuple | None:
-    """The response to a save sent again while its drawing waits for training: the first answer, built by `answer`
-    from the stored drawing, its record and whether it is feedback (or a proposed category's); a 422 for a key that
-    came with another body; None for a new save."""
-    if key is None:
+def _read(path: Path) -> dict | None:
+    """A key's kept answer, or None when there is none or it has expired (by the file's time, as _prune goes)."""
+    try:
+        if time.time() - path.stat().st_mtime > KEEP_SECONDS:
+            return None
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
         return None
-    settings = current_app.config["SETTINGS"]
-    for root, is_feedback in ((settings.feedback_dir, True), (settings.proposals_dir, False)):
-        found = feedback.find(root, key)
-        if found is None:
-            continue
-        ref, record = found
-        if record.get("request_digest") != digest(body):
-            return {"error": "this Idempotency-Key came before with another drawing or label: send a new key for a "
-                             "new save"}, 422
-        return answer(ref, record, is_feedback), 201, REPLAYED
-    return None
+
+
+def _prune() -> None:
+    """Delete expired answers, at most once an hour in each process (under the lock)."""
+    global _last_prune
+    now = time.time()
+    if now - _last_prune < PRUNE_EVERY_SECONDS:
+        return
+    _last_prune = now
+    with os.scandir(folder()) as entries:
+        for entry in entries:
+            if entry.name.endswith(".json") and now - entry.stat().st_mtime > KEEP_SECONDS:
+                Path(entry.path).unlink(missing_ok=True)

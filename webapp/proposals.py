@@ -8,7 +8,6 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from doodle_lib import feedback, proposals
 from doodle_lib.drawing import strokes_to_bitmap
-from doodle_lib.settings import Settings
 from webapp import idempotency, metrics
 from webapp.api import ERRORS, error, holder, require_json_object, save_feedback
 from webapp.schemas import ProposalRequest, ProposalResponse, ProposalsResponse, SaveHeaders
@@ -20,44 +19,31 @@ api.before_request(require_json_object)
 @api.post("/proposals", responses={201: ProposalResponse, **ERRORS})
 def post_proposal(body: ProposalRequest, header: SaveHeaders):
     """Store a drawing none of the categories fits: as a proposal for the typed name, or as feedback if it is known."""
+    return idempotency.once(header.idempotency_key, body, lambda: store_proposal(body))
+
+
+def store_proposal(body: ProposalRequest):
+    """post_proposal's work, once per idempotency key."""
     settings = current_app.config["SETTINGS"]
-    key = header.idempotency_key
-    with idempotency.claimed(key):
-        if replayed := idempotency.replay(body, key, first_answer):
-            return replayed
-        known = holder().known_categories()
-        if body.predicted_label is not None and body.predicted_label not in known:
-            return error(400, f"unknown predicted_label {body.predicted_label[:40]!r}: expected one of {', '.join(known)}")
-        try:
-            bitmap = strokes_to_bitmap(body.strokes)
-            where = proposals.target(settings, body.name, known)
-        except ValueError as problem:  # DrawingError and ProposalError
-            metrics.observe_proposal("refused")
-            return error(400, str(problem))
-        if where.known:
-            ref, kind = save_feedback(body, where.name, bitmap, key, proposed_as=body.name)
-        else:
-            record = {"strokes": body.strokes, "predicted_label": body.predicted_label,
-                      "model_version": body.model_version, "source": "webapp", **idempotency.record_fields(body, key)}
-            ref, count = proposals.save(settings, where.name, body.name, bitmap, record, key)
-            kind = "proposal"
-    if where.known:  # counted after the lock, which a keyed save holds only to look for its earlier self and store
-        count = stored_under(settings, where.name, True)
+    known = holder().known_categories()
+    if body.predicted_label is not None and body.predicted_label not in known:
+        return error(400, f"unknown predicted_label {body.predicted_label[:40]!r}: expected one of {', '.join(known)}")
+    try:
+        bitmap = strokes_to_bitmap(body.strokes)
+        where = proposals.target(settings, body.name, known)
+    except ValueError as problem:  # DrawingError and ProposalError
+        metrics.observe_proposal("refused")
+        return error(400, str(problem))
+    if where.known:
+        ref, kind = save_feedback(body, where.name, bitmap, proposed_as=body.name)
+        count = len(feedback.complete(settings.feedback_dir, where.name))
+    else:
+        record = {"strokes": body.strokes, "predicted_label": body.predicted_label,
+                  "model_version": body.model_version, "source": "webapp"}
+        ref, count = proposals.save(settings, where.name, body.name, bitmap, record)
+        kind = "proposal"
     metrics.observe_proposal("known" if where.known else "proposal")
     return {"id": ref.key, "name": where.name, "known": where.known, "kind": kind, "count": count}, 201
-
-
-def first_answer(ref: feedback.DrawingRef, record: dict, known: bool) -> dict:
-    """The answer to a proposal sent again (idempotency.replay), its count as of now."""
-    count = stored_under(current_app.config["SETTINGS"], ref.category, known)
-    return {"id": ref.key, "name": ref.category, "known": known, "kind": record["kind"], "count": count}
-
-
-def stored_under(settings: Settings, name: str, known: bool) -> int:
-    """Drawings stored under a name: waiting feedback for a known category, or a proposal's drawings."""
-    if known:
-        return sum(r.category == name for r in feedback.complete(settings.feedback_dir))
-    return len(proposals.drawings(settings, name))
 
 
 @api.get("/proposals", responses={200: ProposalsResponse})

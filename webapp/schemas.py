@@ -65,8 +65,8 @@ class SaveHeaders(BaseModel):
     idempotency_key: str | None = Field(
         None, alias="Idempotency-Key", pattern=r"^[A-Za-z0-9_-]{8,64}$",
         description="the client's own id of this save, 8-64 letters, digits, '-' or '_': sent again with the same "
-                    "body (its answer was lost), the drawing is not stored twice and the first answer comes back, "
-                    "with Idempotent-Replayed: true",
+                    "body (its answer was lost) within 24 hours, the drawing is not stored twice and the first "
+                    "answer comes back, with Idempotent-Replayed: true",
     )
 
 

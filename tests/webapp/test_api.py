@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -199,6 +201,36 @@ def test_a_save_sent_again_with_its_idempotency_key_is_stored_once(client, setti
         refused = client.post("/api/feedback", json=body, headers={"Idempotency-Key": bad})
         assert refused.status_code == 422 and "Idempotency-Key" in refused.json["error"], (bad, refused.json)
     assert len(feedback.complete(settings.feedback_dir)) == 3 and len(feedback.complete(settings.proposals_dir)) == 1
+
+
+def test_a_save_sent_again_after_its_drawing_went_to_training_gets_its_first_answer(client, settings, monkeypatch):
+    """A retry can come after a retraining run took the drawing (or a proposal grew): the first answer, as it was."""
+    from webapp import idempotency
+
+    _, _, strokes = DRAWINGS[3]
+    body = {"strokes": strokes, "label": "cat", "predicted_label": "cat"}
+    first = client.post("/api/feedback", json=body, headers={"Idempotency-Key": "moved-away-1"})
+    proposal = {"strokes": strokes, "name": "Dog"}
+    proposed = client.post("/api/proposals", json=proposal, headers={"Idempotency-Key": "proposal-1"})
+    client.post("/api/proposals", json=proposal, headers={"Idempotency-Key": "proposal-2"})  # the proposal grows to 2
+    taken = feedback.move(feedback.complete(settings.feedback_dir), settings.feedback_dir, settings.batches_dir / "b")
+    assert [ref.key for ref in taken] == [first.json["id"]]
+    again = client.post("/api/feedback", json=body, headers={"Idempotency-Key": "moved-away-1"})
+    assert (again.status_code, again.json, again.headers["Idempotent-Replayed"]) == (201, first.json, "true")
+    assert feedback.complete(settings.feedback_dir) == []
+    proposed_again = client.post("/api/proposals", json=proposal, headers={"Idempotency-Key": "proposal-1"})
+    assert proposed_again.json == proposed.json and proposed.json["count"] == 1
+    # A day later the key is forgotten: the same save is a new one, and the expired answers are deleted.
+    kept = list((settings.webapp_state_dir / "idempotency").glob("*.json"))
+    assert len(kept) == 3
+    for path in kept:
+        a_day_ago = time.time() - idempotency.KEEP_SECONDS - 60
+        os.utime(path, (a_day_ago, a_day_ago))
+    monkeypatch.setattr(idempotency, "_last_prune", 0.0)
+    later = client.post("/api/feedback", json=body, headers={"Idempotency-Key": "moved-away-1"})
+    assert later.status_code == 201 and later.json["id"] != first.json["id"] and "Idempotent-Replayed" not in later.headers
+    assert len(feedback.complete(settings.feedback_dir)) == 1
+    assert len(list((settings.webapp_state_dir / "idempotency").glob("*.json"))) == 1  # the new answer; the others pruned
 
 
 def test_copies_of_a_keyed_save_arriving_together_store_one_drawing(app, settings):
