@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,22 @@ def fixture_drawings() -> list[tuple[str, int, list]]:
         lines = (SAMPLE / "simplified" / f"{category}.ndjson").read_text().splitlines()
         drawings += [(category, row, json.loads(line)["drawing"]) for row, line in enumerate(lines)]
     return drawings
+
+
+# The tracking URI the session started with (none in CI): Settings() reads it from the environment.
+SESSION_TRACKING_ENV = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
+@pytest.fixture(autouse=True)
+def tracking_uri_kept():
+    """mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ: put back as the session started after
+    each test, or a server some test or module fixture used (and stopped) becomes every later test's tracking URI."""
+    yield
+    for name, value in SESSION_TRACKING_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
