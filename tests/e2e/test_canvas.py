@@ -572,6 +572,14 @@ def test_an_open_page_follows_the_served_model(browser, settings, logged_models,
         page.wait_for_function(VERSION_SHOWN, arg=grown_version, timeout=15_000)
         assert page.locator("#wrong-label option:checked").inner_text() == "none of these: name it"
         assert page.locator("#new-label").is_visible()
+        # Just after a swap, a worker that has not moved yet answers about the version it loaded before: the header
+        # does not flip back to it.
+        stale = {**page.request.get(f"{url}/api/model").json(), "version": first, "loaded_since": "2026-01-01T00:00:00+00:00"}
+        page.evaluate("""() => { window.changes = 0;
+            new MutationObserver(() => window.changes++).observe(document.getElementById("model"), {childList: true}); }""")
+        page.route("**/api/model", lambda route: route.fulfill(json=stale))
+        page.wait_for_timeout(3_500)  # three polls
+        assert page.evaluate("window.changes") == 0 and page.locator("#model-version").inner_text() == grown_version
         page.close()
 
 

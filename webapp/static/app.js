@@ -308,6 +308,11 @@ function showModel(info) {
   // The header as the server renders it (templates/index.html), and the labels a correction can name: a page left
   // open learns of a swap, a registry outage, the first model and a new category without a reload.
   const strong = (id, text) => Object.assign(document.createElement("strong"), {id, textContent: text});
+  // Each worker moves to a new version when its own poll of the registry sees it: for a moment after a swap, answers
+  // name the new version and the old one in turn. One about another version (or none) loaded before the model shown
+  // comes from a worker that has not moved yet: the header stays. (A rollback is a new load, so it is shown.)
+  const since = Date.parse(modelLine.dataset.since);
+  if ((info.version || "") !== modelLine.dataset.version && since && !(Date.parse(info.loaded_since) > since)) return;
   const state = `${info.version || ""}|${info.reason || ""}`;
   if (state === modelLine.dataset.state) {
     // unchanged: left alone, so a screen reader does not hear it again (the line is a live region)
@@ -319,6 +324,7 @@ function showModel(info) {
   }
   modelLine.dataset.state = state;
   modelLine.dataset.version = info.version || "";
+  modelLine.dataset.since = info.loaded_since || "";
   modelLine.title = info.reason || ""; // in full where a small screen cuts the line short
   const options = [...wrongLabel.options].slice(1, -1); // between "choose..." and "none of these"
   if (options.map((option) => option.value).join("\n") === info.categories.join("\n")) return;
