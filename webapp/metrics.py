@@ -1,6 +1,8 @@
 """Prometheus metrics: HTTP metrics from prometheus-flask-exporter plus the model's own."""
 from __future__ import annotations
 
+import time
+
 from flask import request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
@@ -44,6 +46,9 @@ PROPOSALS_READY = Gauge(
     "doodle_proposals_ready", "Proposed categories the next retraining may add", registry=None,
     multiprocess_mode="livemostrecent",
 )
+FOLDER_COUNT_SECONDS = 5.0  # as often as the embedded stack's Prometheus scrapes (the compose stack's: 15 s)
+_counted_at = float("-inf")  # when this worker last counted the folders (time.monotonic)
+_stored_since = False  # whether it stored a drawing since
 MODEL_METRICS = (PREDICTIONS, CONFIDENCE, FEEDBACK, SERVING_VERSION, RELOADS, REGISTRY_UP, WAITING, PROPOSED,
                  PROPOSALS_READY)
 
@@ -72,8 +77,12 @@ def init_app(app) -> None:
 
     @app.before_request
     def refresh_gauges():
-        # Gauges that are costly or only true at a moment are refreshed when Prometheus scrapes.
-        if request.path == "/metrics":
+        # Gauges that are costly or only true at a moment are refreshed when Prometheus scrapes: each lists a folder
+        # (thousands of files while retraining is off), so at most once in FOLDER_COUNT_SECONDS a worker, however
+        # often anyone asks for /metrics, and at once after this worker stored a drawing.
+        global _counted_at, _stored_since
+        if request.path == "/metrics" and (_stored_since or time.monotonic() - _counted_at >= FOLDER_COUNT_SECONDS):
+            _counted_at, _stored_since = time.monotonic(), False
             WAITING.set(feedback.count(settings.feedback_dir))
             PROPOSALS_READY.set(sum(p.ready for p in proposals.list_all(settings)))
 
@@ -127,8 +136,12 @@ def export_unprompted(categories: list[str]) -> None:
 
 
 def observe_feedback(version: str, predicted: str, label: str, kind: str) -> None:
+    global _stored_since
     FEEDBACK.labels(version, predicted, label, kind).inc()
+    _stored_since = True
 
 
 def observe_proposal(outcome: str) -> None:
+    global _stored_since
     PROPOSED.labels(outcome).inc()
+    _stored_since = _stored_since or outcome == "proposal"

@@ -248,6 +248,24 @@ def test_copies_of_a_keyed_save_arriving_together_store_one_drawing(app, setting
     assert len(feedback.complete(settings.feedback_dir)) == 1
 
 
+def test_a_scrape_lists_the_folders_at_most_every_few_seconds_unless_a_drawing_was_stored(client, settings, monkeypatch):
+    """/metrics answers anyone: asking it again and again does not list the feedback folder again and again."""
+    from webapp import metrics
+
+    def waiting() -> float:
+        return samples(client.get("/metrics").data.decode())[("doodle_feedback_waiting", ())]
+
+    client.post("/api/feedback", json={"strokes": DRAWINGS[5][2], "label": "cat"})
+    assert waiting() == 1
+    feedback.save(settings.feedback_dir, "cat", strokes_to_bitmap(DRAWINGS[6][2]), {})  # as another worker would
+    assert waiting() == 1  # counted a moment ago
+    client.post("/api/feedback", json={"strokes": DRAWINGS[7][2], "label": "cat"})
+    assert waiting() == 3  # this worker stored one: counted again at once
+    feedback.save(settings.feedback_dir, "cat", strokes_to_bitmap(DRAWINGS[8][2]), {})
+    monkeypatch.setattr(metrics, "FOLDER_COUNT_SECONDS", 0.0)  # as if the seconds had passed
+    assert waiting() == 4
+
+
 def test_metrics_export_a_served_versions_series_before_its_first_answer(client, versions):
     """rate() and increase() start from a series' first scrape: one born at 1 never counts that first drawing."""
     exported = samples(client.get("/metrics").data.decode())
