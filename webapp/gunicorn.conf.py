@@ -16,12 +16,12 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 # app itself is not preloaded: each worker creates it, with its own model holder thread and metrics files.
 import gc  # noqa: E402
 
-import gevent  # noqa: E402
 import threadpoolctl  # noqa: E402
 import torch  # noqa: E402
 import mlflow  # noqa: E402,F401
 import prometheus_client  # noqa: E402,F401
 import cairocffi, flask, flask_openapi3, PIL.Image, prometheus_flask_exporter.multiprocess, pydantic  # noqa: E402,E401,F401
+from webapp.turns import Turns  # noqa: E402
 
 # Move everything imported so far out of the garbage collector's reach: its passes would otherwise write to every
 # object's header in each worker and turn the shared pages private (measured: 509 -> 376 MB PSS, master and 2 workers).
@@ -80,18 +80,15 @@ def post_fork(server, worker):
     threadpoolctl.threadpool_limits(1)
 
 
-IDLE_WAIT_SECONDS = 0.05
+# Fairness between one worker's connections: each waits its turn after its response (webapp/turns.py), first come,
+# first served. The bound on each wait keeps a connection from waiting on a loop that never falls idle.
+TURN_WAIT_SECONDS = 0.05
+turns = Turns(TURN_WAIT_SECONDS)  # one queue a worker: each forked worker starts with its own, empty copy
 
 
 def post_request(worker, req, environ, resp):
-    # Fairness between one worker's connections: a client that sends its next request at once (a load generator, a
-    # proxy's pooled connection) finds it already waiting after each response, so without this the loop would serve
-    # that connection again and again while others wait (p99 near a second at 16 connections). gevent.idle()
-    # returns once the loop has handled every other ready connection: first come, first served. The timeout bounds
-    # the wait should the loop never fall idle.
     if worker.cfg.worker_class_str == "gevent":
-        with gevent.Timeout(IDLE_WAIT_SECONDS, False):
-            gevent.idle()
+        turns.take()
 
 
 def child_exit(server, worker):
