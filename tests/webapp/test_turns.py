@@ -3,6 +3,7 @@ import collections
 import time
 
 import gevent
+import gevent.socket
 
 from webapp.turns import Turns
 
@@ -39,20 +40,27 @@ def test_connections_are_served_round_robin():
     assert not turns.waiting
 
 
-def test_a_connection_that_is_not_waiting_for_its_turn_goes_before_the_queue():
+def test_a_connection_whose_request_arrives_is_served_before_the_next_round():
     turns, order = Turns(timeout=10), []
+    sending, receiving = gevent.socket.socketpair()
+
+    def connection_a():
+        for i in range(200):
+            order.append("A")
+            if i == 100:
+                sending.send(b"x")  # the newcomer's request arrives while A is being answered
+            turns.take()
 
     def newcomer():
-        gevent.sleep(0.01)  # a connection whose request arrives while the others take turns (an I/O wake-up)
+        receiving.recv(1)  # in the event loop, waiting for its socket, as an idle keep-alive connection does
         order.append("new")
 
-    others = [gevent.spawn(connection, name, turns, order, 2000) for name in "AB"]
-    late = gevent.spawn(newcomer)
-    run([*others, late])
-    arrived = order.index("new")
-    assert 0 < arrived < len(order) - 1
-    # Served as soon as its wake-up came, not after a queue of 4,000 turns.
-    assert arrived < 100 + order.count("A") // 2
+    greenlets = [gevent.spawn(newcomer), gevent.spawn(connection_a)]
+    greenlets += [gevent.spawn(connection, name, turns, order, 200) for name in "BCDEFGH"]
+    run(greenlets)
+    # Served once the connections already woken for this round have been, not after a queue of turns.
+    arrived_after = order.index("new") - [i for i, name in enumerate(order) if name == "A"][100]
+    assert 0 < arrived_after <= 8
 
 
 def test_a_greenlet_killed_while_it_waits_does_not_stall_the_others():
