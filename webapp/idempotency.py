@@ -29,18 +29,19 @@ def once(key: str | None, body: BaseModel, save: Callable[[], tuple]) -> tuple:
         return save()
     # Copies of a request arriving together on two workers: one stores, the others wait and replay its answer.
     # (The wait blocks a gevent worker, for one save's few ms at most.)
-    with atomic.exclusive(folder() / LOCK_FILE):
-        path = folder() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"  # never the client's text as a name
+    answers, request_digest = folder(), digest(body)
+    with atomic.exclusive(answers / LOCK_FILE):
+        path = answers / f"{hashlib.sha256(key.encode()).hexdigest()}.json"  # never the client's text as a name
         kept = _read(path)
         if kept is not None:
-            if kept["request_digest"] != digest(body):
+            if kept["request_digest"] != request_digest:
                 return {"error": "this Idempotency-Key came before with another drawing or label: send a new key "
                                  "for a new save"}, 422
             return kept["answer"], kept["status"], REPLAYED
         answer = save()
         if answer[1] == 201:
             # After the drawing is stored: a crash in between makes a retry store it again, never lose it.
-            kept = {"request_digest": digest(body), "answer": answer[0], "status": 201}
+            kept = {"request_digest": request_digest, "answer": answer[0], "status": 201}
             atomic.write_bytes(path, json.dumps(kept).encode())
             _prune()
         return answer
