@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed
 
 from doodle_lib.settings import get_settings
 
@@ -47,8 +47,28 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
     app.register_blueprint(webhooks.bp)
     pipeline.init_app(app)
     app.register_error_handler(HTTPException, http_error)
-    app.wsgi_app = KnownMethods(app.wsgi_app)
+    app.wsgi_app = StalledBodies(KnownMethods(app.wsgi_app), app.config["SETTINGS"].webapp_body_timeout)
     return app
+
+
+class StalledBodies:
+    """WSGI middleware: a request body that stops arriving for `seconds` ends in a 408 (http_error) instead of holding
+    its connection, one of the worker's `worker_connections`, until the client goes. gunicorn bounds the wait for a
+    request's head (keepalive), not for its body; without a buffering proxy in front, the app bounds it."""
+
+    def __init__(self, wsgi_app, seconds: float):
+        self.wsgi_app, self.seconds = wsgi_app, seconds
+
+    def __call__(self, environ, start_response):
+        client = environ.get("gunicorn.socket")
+        if client is None:  # another server: its own limits apply
+            return self.wsgi_app(environ, start_response)
+        before = client.gettimeout()
+        client.settimeout(self.seconds)  # each read of the body may wait this long (gevent's sockets honour it)
+        try:
+            return self.wsgi_app(environ, start_response)
+        finally:
+            client.settimeout(before)
 
 
 class KnownMethods:
@@ -94,7 +114,11 @@ def http_error(error: HTTPException):
         message = f"nothing at {request.path[:100]!r}: the API's paths are in /openapi/openapi.json"
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         message = f"{request.method} is not allowed here: use {', '.join(error.valid_methods)}"
+    stalled = isinstance(error, ClientDisconnected) and isinstance(error.__context__, TimeoutError)
+    if stalled:  # Werkzeug's reader turns the socket's timeout into a disconnect
+        seconds = current_app.config["SETTINGS"].webapp_body_timeout
+        message = f"the request body stopped arriving: nothing came for {seconds:g} s"
     response = jsonify(error=message)
-    response.status_code = error.code or 500
+    response.status_code = 408 if stalled else error.code or 500
     response.headers.extend((name, value) for name, value in error.get_headers() if name == "Allow")
     return response

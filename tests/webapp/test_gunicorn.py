@@ -21,11 +21,13 @@ from tests.webapp.test_api import samples
 pytestmark = pytest.mark.slow
 STROKES = fixture_drawings()[40][2]
 POLL_SECONDS = 0.5
+BODY_TIMEOUT_SECONDS = 3
 
 
 @pytest.fixture
 def served(settings, versions, tmp_path):
-    with gunicorn_app(app_env(settings, POLL_SECONDS), tmp_path) as url:
+    env = {**app_env(settings, POLL_SECONDS), "DOODLE_WEBAPP_BODY_TIMEOUT": str(BODY_TIMEOUT_SECONDS)}
+    with gunicorn_app(env, tmp_path) as url:
         yield url
 
 
@@ -162,6 +164,27 @@ def test_a_body_cut_short_or_chunked_past_the_limit_is_refused_not_stored(served
     assert not settings.feedback_dir.exists() or not any(settings.feedback_dir.rglob("*.json"))
     whole = raw_exchange(served, head + b"Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(document), document))
     assert whole.startswith(b"HTTP/1.1 201"), whole[:300]  # a chunked body within the limit is fine
+
+
+def test_a_body_that_stops_arriving_is_a_408(served, settings):
+    import socket
+
+    document = json.dumps({"strokes": STROKES, "label": "cat"}).encode()
+    head = b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=BODY_TIMEOUT_SECONDS + 30) as stalled:
+        stalled.sendall(head % len(document) + document[:40])  # then nothing more, the connection left open
+        started = time.monotonic()
+        for _ in range(4):  # the workers answer others meanwhile
+            assert get_json(f"{served}/api/model")["version"] == "1"
+        answer = b""
+        while not answer.rstrip().endswith(b"}") and (chunk := stalled.recv(65536)):
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"the request body stopped arriving: nothing came for 3 s" in answer
+    assert BODY_TIMEOUT_SECONDS - 0.5 < waited < BODY_TIMEOUT_SECONDS + 20
+    assert not settings.feedback_dir.exists() or not any(settings.feedback_dir.rglob("*.json"))
 
 
 def test_a_refused_image_is_a_400_without_a_traceback_in_the_log(served, tmp_path):
