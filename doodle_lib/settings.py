@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     webapp_workers: int = Field(2, ge=1, description="gunicorn worker processes of the web app (one model copy each)")
     webapp_connections: int = Field(1000, ge=1, description="simultaneous client connections per web app worker (gevent)")
     webapp_body_timeout: float = Field(
-        60.0, gt=0, le=3600, description="seconds a request body may pause before the web app answers 408 and closes"
+        60.0, gt=0, le=3600, description="seconds a request body may pause before the web app answers 408"
     )
     webhook_secret: str = Field("", description="HMAC secret of the MLflow registry webhook; empty turns the receiver off")
     top_k: int = Field(3, ge=1, le=100, description="how many labels /api/predict returns by default")
