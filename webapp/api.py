@@ -20,7 +20,8 @@ from webapp.schemas import (
 )
 
 api = APIBlueprint("api", __name__, url_prefix="/api", abp_tags=[Tag(name="doodles")])
-ERRORS = {400: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse}
+# Every refusal a save or a prediction can get (408: the body stopped arriving, webapp.StalledBodies; 413: too large).
+ERRORS = {status: ErrorResponse for status in (400, 408, 413, 415, 422)}
 URL_SAFE = str.maketrans("-_", "+/")
 # Every point has an x, a y and perhaps a time; the rest of a body (labels, names, a reason) is a few hundred values.
 MAX_BODY_VALUES = 3 * MAX_POINTS + 3 * MAX_STROKES + 10_000

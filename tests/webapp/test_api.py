@@ -77,6 +77,8 @@ def test_openapi_document_lists_the_api(client):
     paths = client.get("/openapi/openapi.json").json["paths"]
     assert {"/api/predict", "/api/feedback", "/api/model"} <= paths.keys()
     assert "requestBody" in paths["/api/predict"]["post"]
+    for path in ("/api/predict", "/api/feedback", "/api/proposals"):  # each refusal's status, documented
+        assert {"400", "408", "413", "415", "422"} <= paths[path]["post"]["responses"].keys(), path
 
 
 def test_page_shows_version_and_categories(client, versions):
